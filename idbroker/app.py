@@ -1,0 +1,105 @@
+"""``create_app(settings)``: the Flask application factory."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from idbroker.broker import Broker
+from idbroker.config import Settings
+from idbroker.store import StoreUnavailable
+from idbroker.web import error_page, security_headers
+
+log = logging.getLogger("idbroker")
+
+_JSON_ENDPOINTS = {"oidc.token", "oidc.userinfo", "oidc.jwks", "oidc.discovery"}
+
+
+class TrustedProxies:
+    """Honour ``X-Forwarded-*`` only from the configured proxies; drop it from anyone else."""
+
+    _FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                  "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX", "HTTP_FORWARDED")
+
+    def __init__(self, app: Any, networks: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.behind_proxy = ProxyFix(app, x_for=1, x_proto=1, x_host=1, x_port=1)
+        self.direct = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self._trusted(environ.get("REMOTE_ADDR", "")):
+            return self.behind_proxy(environ, start_response)
+        for name in self._FORWARDED:
+            environ.pop(name, None)
+        return self.direct(environ, start_response)
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+
+def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
+    # authlib logs issued tokens at DEBUG: never let them reach a log.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=64 * 1024,
+        SESSION_COOKIE_NAME="idb_flask",  # unused: all state is server-side
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.extensions["idbroker"] = broker if broker is not None else Broker(settings)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.http.trusted_proxies)  # type: ignore[method-assign]
+
+    from idbroker.login.views import bp as login_bp
+    from idbroker.oidc.views import bp as oidc_bp
+
+    app.register_blueprint(oidc_bp)
+    app.register_blueprint(login_bp)
+    app.after_request(security_headers)
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(error: StoreUnavailable) -> Response:
+        # Fail closed: without the store nothing is issued, and people are told plainly.
+        log.error("store unavailable: %s", error)
+        if _wants_json():
+            response = jsonify(error="temporarily_unavailable",
+                               error_description="The broker cannot reach its store.")
+            response.status_code = 503
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Retry-After"] = "30"
+            return response
+        return error_page("err_unavailable", status=503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if _wants_json():
+            response = jsonify(error="invalid_request" if status < 500 else "server_error",
+                               error_description=error.name)
+            response.status_code = status
+            return response
+        key = {404: "err_not_found", 405: "err_method"}.get(status, "err_invalid_request")
+        return error_page(key, status=status)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error")
+        if _wants_json():
+            response = jsonify(error="server_error", error_description="Unexpected error.")
+            response.status_code = 500
+            return response
+        return error_page("err_internal", status=500)
+
+    return app
+
+
+def _wants_json() -> bool:
+    return request.endpoint in _JSON_ENDPOINTS

@@ -1,0 +1,59 @@
+"""The broker's parts wired together once per process, with no web framework in them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from idbroker.config import Settings
+from idbroker.keys import KeyRing
+from idbroker.oidc.provider import Provider
+from idbroker.policy import Organisation, Policy, load_policy
+from idbroker.sessions import Sessions
+from idbroker.store import Store, open_store
+from idbroker.upstream.base import Connector
+from idbroker.upstream.oidc import OidcConnector
+
+
+class Broker:
+    def __init__(self, settings: Settings, *, store: Store | None = None,
+                 policy: Policy | None = None) -> None:
+        self.settings = settings
+        self.keys = KeyRing(settings.keys_dir,
+                            retire_grace=max(settings.tokens.id_token_lifetime,
+                                             settings.tokens.access_token_lifetime) * 2)
+        self.store = store if store is not None else open_store(settings.store.url)
+        self._policy = policy if policy is not None else load_policy(Path(settings.policies_dir))
+        self.sessions = Sessions(self.store, settings.session)
+        self.provider = Provider(settings, lambda: self._policy, self.keys, self.store)
+        self._connectors: dict[str, Connector] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def connector(self, organisation: Organisation) -> Connector:
+        with self._lock:
+            connector = self._connectors.get(organisation.id)
+            if connector is None:
+                connector = self._build_connector(organisation)
+                self._connectors[organisation.id] = connector
+            return connector
+
+    def upstream_callback_url(self, organisation_id: str) -> str:
+        """One callback URL per IdP, so an answer can only be taken for the IdP it came from."""
+        return f"{self.settings.issuer}/upstream/{organisation_id}/callback"
+
+    def _build_connector(self, organisation: Organisation) -> Connector:
+        idp = organisation.idp
+        secret = os.environ.get(idp.client_secret_env) if idp.client_secret_env else None
+
+        def client_key():
+            key = self.keys.active_key("ES256")
+            return key.key, key.alg
+
+        return OidcConnector(organisation, client_key=client_key, client_secret=secret,
+                             timeout=self.settings.http.upstream_timeout,
+                             clock_skew=self.settings.tokens.clock_skew)

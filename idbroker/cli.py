@@ -1,0 +1,106 @@
+"""The ``idbroker`` command: serve, demo, check the configuration, rotate keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from idbroker.config import ConfigError, Settings, load_settings
+from idbroker.policy import PolicyError, load_policy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="idbroker", description=__doc__)
+    parser.add_argument("--config", default=os.environ.get("IDBROKER_CONFIG"),
+                        help="settings file (YAML); IDBROKER_* variables override it")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the broker on a production WSGI server")
+    serve.add_argument("--bind", help="host:port (default: server.bind)")
+    serve.add_argument("--workers", type=int, help="processes (default: server.workers)")
+
+    demo = commands.add_parser("demo", help="run the broker with demo IdPs and chain apps")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--policies", default="policies", help="policy directory")
+    demo.add_argument("--state-dir", default="var/demo", help="demo keys and store")
+
+    commands.add_parser("check", help="validate the settings and the policies, then exit")
+
+    keys = commands.add_parser("keys", help="signing keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("rotate", help="add new signing keys; old ones stay published")
+    keys_commands.add_parser("list", help="show the published keys")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        if args.command == "demo":
+            from idbroker.demo.launcher import run_demo
+
+            return run_demo(port=args.port, policies=Path(args.policies), state_dir=Path(args.state_dir))
+        settings = load_settings(args.config)
+        if args.command == "check":
+            policy = load_policy(settings.policies_dir)
+            print(f"settings ok (issuer {settings.issuer}); policy ok: "
+                  f"{len(policy.organisations)} organisations, {len(policy.clients)} clients")
+            return 0
+        if args.command == "keys":
+            return _keys(settings, args.keys_command)
+        return serve_forever(settings, bind=args.bind, workers=args.workers)
+    except (ConfigError, PolicyError) as error:
+        print(f"idbroker: {error}", file=sys.stderr)
+        return 2
+
+
+def _keys(settings: Settings, command: str) -> int:
+    from idbroker.keys import KeyRing
+
+    ring = KeyRing(settings.keys_dir)
+    if command == "rotate":
+        added = ring.rotate()
+        print("added signing keys: " + ", ".join(added))
+    for jwk in ring.public_jwks()["keys"]:
+        print(f"{jwk['kid']}  {jwk['alg']}")
+    return 0
+
+
+def serve_forever(settings: Settings, *, bind: str | None = None, workers: int | None = None,
+                  app: Any = None) -> int:
+    """Gunicorn with threaded workers; the app is built before forking so a bad policy or
+    unreachable store stops the start, not the first request."""
+    from gunicorn.app.base import BaseApplication
+
+    from idbroker.app import create_app
+
+    application = app if app is not None else create_app(settings)
+    options = {
+        "bind": bind or settings.server.bind,
+        "workers": workers or settings.server.workers,
+        "threads": settings.server.threads,
+        "worker_class": "gthread",
+        "control_socket_disable": True,
+        "accesslog": "-",
+        # Query strings carry codes: the access log shows the path only.
+        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
+        "forwarded_allow_ips": ",".join(settings.http.trusted_proxies) or "127.0.0.1",
+    }
+
+    class _Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return application
+
+    _Server().run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

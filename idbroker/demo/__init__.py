@@ -1,0 +1,1 @@
+"""In-process demo pieces: an organisation IdP and a chain application (relying party)."""

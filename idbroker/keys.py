@@ -1,0 +1,201 @@
+"""The broker's own keys: signing keys (published as JWKS) and local secrets.
+
+Every signing key is pinned to exactly one algorithm (ES256, RS256 or PS256), both when
+signing and when verifying, so no token can be verified under an algorithm its key was
+not made for. Keys live in ``keys/`` (mode 0600, git-ignored), are generated on first
+start, and ``rotate`` adds a new key per algorithm while the old one stays published
+until every token it signed has expired.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, Key, KeySet, RSAKey
+
+SIGNING_ALGORITHMS = ("ES256", "RS256", "PS256")
+DEFAULT_ALGORITHM = "ES256"
+_SIGNING_FILE = "signing-keys.json"
+_SECRETS_FILE = "secrets.json"
+#: subject_salt: person identifiers; csrf_key: form tokens. Shared by all instances.
+_SECRET_NAMES = ("subject_salt", "csrf_key")
+
+
+class TokenInvalid(ValueError):
+    """A JWT the broker was given is not one it issued, or no longer valid."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    created_at: int
+    retired_at: int | None
+    key: Key
+
+    @property
+    def active(self) -> bool:
+        return self.retired_at is None
+
+
+def _new_key(alg: str) -> Key:
+    params = {"alg": alg, "use": "sig"}
+    if alg == "ES256":
+        key = ECKey.generate_key("P-256", parameters=params, private=True)
+    else:
+        key = RSAKey.generate_key(2048, parameters=params, private=True)
+    key.ensure_kid()
+    return key
+
+
+def _write_private(path: Path, payload: Any) -> None:
+    """Atomically replace ``path`` with JSON readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class KeyRing:
+    """Signing keys and local secrets from one directory, re-read when the files change."""
+
+    def __init__(self, directory: Path, *, retire_grace: int = 3600) -> None:
+        self.directory = Path(directory)
+        #: How long a retired key stays published: longer than any token it signed lives.
+        self.retire_grace = retire_grace
+        self._lock = threading.Lock()
+        self._mtime = 0.0
+        self._keys: list[SigningKey] = []
+        self._by_kid: dict[str, SigningKey] = {}
+        self._public_jwks: dict[str, Any] = {"keys": []}
+        self.secrets = self._load_secrets()
+        self._ensure_keys()
+        self._reload()
+
+    # -- signing ---------------------------------------------------------------
+
+    def sign(self, claims: dict[str, Any], *, alg: str = DEFAULT_ALGORITHM, typ: str = "JWT") -> str:
+        key = self.active_key(alg)
+        header = {"alg": alg, "kid": key.kid, "typ": typ}
+        return jwt.encode(header, claims, key.key, algorithms=[alg])
+
+    def active_key(self, alg: str) -> SigningKey:
+        self._maybe_reload()
+        for key in reversed(self._keys):
+            if key.alg == alg and key.active:
+                return key
+        raise KeyError(f"no active signing key for {alg}")
+
+    def verify(self, token: str, *, typ: str | None = None) -> dict[str, Any]:
+        """Claims of a JWT this broker signed, checked against the key named by ``kid``
+        under that key's one algorithm. Time claims are the caller's to check."""
+        try:
+            header = jws.extract_compact(token.encode("ascii")).headers()
+        except (JoseError, UnicodeEncodeError, ValueError) as exc:
+            raise TokenInvalid("not a JWS compact token") from exc
+        self._maybe_reload()
+        key = self._by_kid.get(str(header.get("kid")))
+        if key is None:
+            raise TokenInvalid("unknown key id")
+        if header.get("alg") != key.alg:
+            raise TokenInvalid("algorithm does not match the key")
+        if typ is not None and str(header.get("typ", "")).lower() != typ.lower():
+            raise TokenInvalid("unexpected token type")
+        try:
+            return dict(jwt.decode(token, key.key, algorithms=[key.alg]).claims)
+        except JoseError as exc:
+            raise TokenInvalid("signature does not verify") from exc
+
+    def public_jwks(self) -> dict[str, Any]:
+        self._maybe_reload()
+        return self._public_jwks
+
+    def key_set(self) -> KeySet:
+        """Public keys as a joserfc KeySet, for library code that wants one."""
+        return KeySet.import_key_set(self.public_jwks())
+
+    # -- rotation ----------------------------------------------------------------
+
+    def rotate(self, now: int | None = None) -> list[str]:
+        """Add a fresh key per algorithm, retire the old ones, prune long-retired ones."""
+        now = int(time.time()) if now is None else now
+        with self._lock:
+            records = self._read_records()
+            for record in records:
+                if record.get("retired_at") is None:
+                    record["retired_at"] = now
+            records = [r for r in records if r["retired_at"] + self.retire_grace > now]
+            added = []
+            for alg in SIGNING_ALGORITHMS:
+                key = _new_key(alg)
+                records.append({"created_at": now, "retired_at": None, "jwk": key.as_dict(private=True)})
+                added.append(key.kid)
+            _write_private(self.directory / _SIGNING_FILE, {"keys": records})
+        self._reload()
+        return added
+
+    # -- loading -----------------------------------------------------------------
+
+    def _load_secrets(self) -> dict[str, str]:
+        """Local secrets, one per purpose; a missing one is added, existing ones kept."""
+        path = self.directory / _SECRETS_FILE
+        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        missing = [name for name in _SECRET_NAMES if name not in current]
+        if missing:
+            current.update({name: secrets.token_hex(32) for name in missing})
+            _write_private(path, current)
+        return current
+
+    def _ensure_keys(self) -> None:
+        path = self.directory / _SIGNING_FILE
+        if path.exists():
+            return
+        now = int(time.time())
+        records = [
+            {"created_at": now, "retired_at": None, "jwk": _new_key(alg).as_dict(private=True)}
+            for alg in SIGNING_ALGORITHMS
+        ]
+        _write_private(path, {"keys": records})
+
+    def _read_records(self) -> list[dict[str, Any]]:
+        data = json.loads((self.directory / _SIGNING_FILE).read_text(encoding="utf-8"))
+        return list(data["keys"])
+
+    def _maybe_reload(self) -> None:
+        try:
+            mtime = (self.directory / _SIGNING_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != self._mtime:
+            self._reload()
+
+    def _reload(self) -> None:
+        path = self.directory / _SIGNING_FILE
+        mtime = path.stat().st_mtime
+        loaded = []
+        for record in self._read_records():
+            jwk_data = record["jwk"]
+            alg = jwk_data.get("alg")
+            if alg not in SIGNING_ALGORITHMS:
+                raise ValueError(f"{path}: key {jwk_data.get('kid')} has no supported 'alg'")
+            key = ECKey.import_key(jwk_data) if jwk_data["kty"] == "EC" else RSAKey.import_key(jwk_data)
+            loaded.append(SigningKey(key.kid, alg, record["created_at"], record.get("retired_at"), key))
+        public = {"keys": [k.key.as_dict(private=False) | {"alg": k.alg, "use": "sig"} for k in loaded]}
+        self._keys, self._by_kid, self._public_jwks = loaded, {k.kid: k for k in loaded}, public
+        self._mtime = mtime

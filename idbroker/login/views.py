@@ -1,0 +1,136 @@
+"""Home-realm discovery, the hand-off to the organisation's IdP, and the way back."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, redirect, request, url_for
+
+from idbroker.policy import Organisation, Policy
+from idbroker.sessions import LoginTransaction
+from idbroker.subjects import person_id
+from idbroker.upstream.base import UpstreamError
+from idbroker.web import (
+    ORGANISATION_COOKIE,
+    SESSION_COOKIE,
+    broker,
+    browser_id,
+    error_page,
+    log,
+    render_page,
+    set_cookie,
+)
+
+bp = Blueprint("login", __name__)
+
+#: What the broker keeps of the upstream identity for ID tokens and /userinfo.
+PROFILE_CLAIMS = ("name", "given_name", "family_name", "email", "employee_number")
+
+
+def home_realm(policy: Policy, params: dict[str, str]) -> Organisation | None:
+    """The organisation named by ``idp_hint`` or by the ``login_hint`` e-mail domain."""
+    hint = params.get("idp_hint")
+    if hint and hint in policy.organisations:
+        return policy.organisations[hint]
+    login_hint = params.get("login_hint", "")
+    if "@" in login_hint:
+        return policy.organisation_for_domain(login_hint.rsplit("@", 1)[1])
+    return None
+
+
+def start_login(params: dict[str, str], *, force: bool = False) -> Response:
+    b = broker()
+    txn = b.sessions.begin_login(browser_id(), params | ({"prompt": "login"} if force else {}))
+    organisation = home_realm(b.policy, params)
+    if organisation is not None:
+        return _to_upstream(txn, organisation)
+    return redirect(url_for("login.choose", txn_id=txn.id))
+
+
+def _transaction(txn_id: str) -> LoginTransaction | None:
+    return broker().sessions.login(txn_id, browser_id())
+
+
+@bp.get("/login/<txn_id>")
+def choose(txn_id: str) -> Response:
+    b = broker()
+    txn = _transaction(txn_id)
+    if txn is None:
+        return error_page("err_login_expired", status=400)
+    client = b.policy.clients.get(txn.params.get("client_id", ""))
+    organisations = sorted(b.policy.organisations.values(), key=lambda o: o.name.lower())
+    remembered = request.cookies.get(ORGANISATION_COOKIE)
+    organisations.sort(key=lambda o: o.id != remembered)  # the last one used comes first
+    return render_page("choose.html", locale_hint=txn.params.get("ui_locales"), txn=txn,
+                       client_name=client.name if client else "", organisations=organisations,
+                       remembered=remembered)
+
+
+@bp.get("/login/<txn_id>/organisation/<organisation_id>")
+def pick(txn_id: str, organisation_id: str) -> Response:
+    txn = _transaction(txn_id)
+    if txn is None:
+        return error_page("err_login_expired", status=400)
+    organisation = broker().policy.organisations.get(organisation_id)
+    if organisation is None:
+        return error_page("err_unknown_organisation", status=404)
+    return _to_upstream(txn, organisation)
+
+
+def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
+    b = broker()
+    try:
+        hand_off = b.connector(organisation).begin(
+            redirect_uri=b.upstream_callback_url(organisation.id), state=txn.id,
+            login_hint=txn.params.get("login_hint"),
+            force_login="login" in txn.params.get("prompt", "").split())
+    except UpstreamError as error:
+        log.warning("upstream %s failed at start: %s", organisation.id, error)
+        return error_page(f"err_upstream_{error.reason}", status=502, organisation=organisation.name,
+                          locale_hint=txn.params.get("ui_locales"))
+    txn.organisation = organisation.id
+    txn.upstream = hand_off.kept
+    b.sessions.save_login(txn)
+    response = redirect(hand_off.url)
+    set_cookie(response, ORGANISATION_COOKIE, organisation.id, max_age=365 * 86400)
+    return response
+
+
+@bp.get("/upstream/<organisation_id>/callback")
+def callback(organisation_id: str) -> Response:
+    from idbroker.oidc.views import authorization_response
+
+    b = broker()
+    txn = _transaction(request.args.get("state", ""))
+    if txn is None:
+        log.warning("upstream callback for %s with an unknown state or another browser's login",
+                    organisation_id)
+        return error_page("err_login_expired", status=400)
+    organisation = b.policy.organisations.get(organisation_id)
+    if organisation is None or txn.organisation != organisation_id:
+        log.warning("upstream callback at %s for a login sent to %s (mix-up)", organisation_id,
+                    txn.organisation)
+        b.sessions.end_login(txn)
+        return error_page("err_login_expired", status=400)
+    locale_hint = txn.params.get("ui_locales")
+    try:
+        identity = b.connector(organisation).complete(
+            redirect_uri=b.upstream_callback_url(organisation.id),
+            response=request.args.to_dict(), kept=txn.upstream)
+    except UpstreamError as error:
+        log.warning("upstream %s refused: %s", organisation.id, error)
+        b.sessions.end_login(txn)
+        status = 502 if error.reason == "unreachable" else 400 if error.reason == "invalid" else 403
+        return error_page(f"err_upstream_{error.reason}", status=status,
+                          organisation=organisation.name, locale_hint=locale_hint)
+    now = int(time.time())
+    upstream_time = identity.auth_time if isinstance(identity.auth_time, int) else now
+    person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
+    token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now))
+    b.provider.remember_profile(session.sid, {name: identity.attributes[name]
+                                              for name in PROFILE_CLAIMS if name in identity.attributes})
+    b.sessions.end_login(txn)
+    log.info("login person=%s organisation=%s sid=%s", person, organisation.id, session.sid)
+    response = authorization_response(txn.params, session)
+    set_cookie(response, SESSION_COOKIE, token)
+    return response

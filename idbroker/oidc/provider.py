@@ -1,0 +1,507 @@
+"""The OpenID Provider, built from authlib's authorization server and grants.
+
+Only the hooks authlib asks us to fill are here: how clients, codes and users are found
+(policy and store), how client assertions are checked (keys pinned per client key, jti
+single-use), and how tokens are signed (the key ring). The OAuth protocol is authlib's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749 import (
+    AuthorizationCodeMixin,
+    ClientMixin,
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Request,
+)
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.core import OpenIDCode, UserInfo, UserInfoEndpoint
+from authlib.oidc.core.grants.util import is_openid_scope
+from authlib.oidc.rpinitiated import EndSessionEndpoint
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from idbroker.config import Settings
+from idbroker.keys import KeyRing, TokenInvalid
+from idbroker.policy.model import ClientPolicy, Policy
+from idbroker.store import Store, secret_key
+
+#: Algorithms a client may sign its assertions with, by key type; never HS* or none.
+_ALGORITHMS_BY_KTY = {"EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"},
+                      "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
+SCOPE_CLAIMS = {
+    "profile": ("name", "given_name", "family_name", "employee_number"),
+    "email": ("email",),
+}
+SUPPORTED_SCOPES = ("openid", "profile", "email")
+
+
+@dataclass
+class BrokerUser:
+    """The person a code or token was issued for, as the grant needs it."""
+
+    sub: str
+    sid: str
+    auth_time: int
+    claims: dict[str, Any] = field(default_factory=dict)
+    acr: str | None = None
+    amr: list[str] = field(default_factory=list)
+
+    def get_user_id(self) -> str:
+        return self.sub
+
+
+class Client(ClientMixin):
+    """A chain application from the policy, seen through authlib's client interface."""
+
+    def __init__(self, policy: ClientPolicy) -> None:
+        self.policy = policy
+        self.client_id = policy.id
+        self.id_token_signed_response_alg = policy.id_token_signed_response_alg
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        return {"post_logout_redirect_uris": list(self.policy.post_logout_redirect_uris)}
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None  # the request must name its redirect_uri; never guess one
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        requested = (scope or "").split()
+        return " ".join(s for s in dict.fromkeys(requested) if s in self.policy.scopes)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.policy.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        expected = self.policy.client_secret_sha256
+        given = hashlib.sha256(client_secret.encode()).hexdigest()
+        return bool(expected) and hmac.compare_digest(given, expected or "")
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.policy.auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "authorization_code"
+
+
+class AuthorizationCode(AuthorizationCodeMixin):
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.code_challenge = data["code_challenge"]
+        self.code_challenge_method = data["code_challenge_method"]
+
+    def get_redirect_uri(self) -> str:
+        return self.data["redirect_uri"]
+
+    def get_scope(self) -> str:
+        return self.data["scope"]
+
+    def get_nonce(self) -> str | None:
+        return self.data.get("nonce")
+
+    def get_auth_time(self) -> int:
+        return self.data["user"]["auth_time"]
+
+    def get_acr(self) -> str | None:
+        return self.data["user"].get("acr")
+
+    def get_amr(self) -> list[str]:
+        return self.data["user"].get("amr") or []
+
+
+class ClientKeys:
+    """Client public keys from the policy (``jwks``) or fetched (``jwks_uri``), cached."""
+
+    def __init__(self, timeout: float, ttl: float = 300.0) -> None:
+        self._timeout = timeout
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, KeySet]] = {}
+        self._lock = threading.Lock()
+
+    def key_set(self, client: ClientPolicy, kid: str | None) -> KeySet:
+        if client.jwks is not None:
+            return KeySet.import_key_set(client.jwks)
+        assert client.jwks_uri is not None
+        with self._lock:
+            cached = self._cache.get(client.id)
+        fresh_enough = cached is not None and time.monotonic() - cached[0] < self._ttl
+        if cached and (fresh_enough and (kid is None or any(k.kid == kid for k in cached[1].keys))):
+            return cached[1]
+        if cached and time.monotonic() - cached[0] < 30:  # a new kid refetches, at most twice a minute
+            return cached[1]
+        try:
+            reply = requests.get(client.jwks_uri, timeout=self._timeout)
+            reply.raise_for_status()
+            keys = KeySet.import_key_set(reply.json())
+        except (requests.RequestException, ValueError, JoseError) as exc:
+            if cached:
+                return cached[1]
+            raise InvalidClientError(description="The client's jwks_uri could not be read.") from exc
+        with self._lock:
+            self._cache[client.id] = (time.monotonic(), keys)
+        return keys
+
+
+def allowed_algorithms(key: Any) -> list[str]:
+    """The one algorithm family a key may verify: its own ``alg`` if it names one."""
+    if getattr(key, "alg", None):
+        return [key.alg]
+    by_kty = _ALGORITHMS_BY_KTY.get(key.key_type)
+    if isinstance(by_kty, dict):
+        return [by_kty[key.as_dict()["crv"]]] if key.as_dict().get("crv") in by_kty else []
+    return list(by_kty or ())
+
+
+class PrivateKeyJwt(JWTBearerClientAssertion):
+    """``private_key_jwt`` (RFC 7523) with the key's algorithm pinned and ``jti`` single-use."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(validate_jti=True, leeway=provider.settings.tokens.clock_skew)
+        self.provider = provider
+
+    def get_audiences(self) -> list[str]:
+        return [self.provider.issuer, self.provider.endpoint("token")]
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        client = self._client_from(assertion)
+        header = _jws_header(assertion)
+        key_set = self.provider.client_keys.key_set(client.policy, header.get("kid"))
+        candidates = [k for k in key_set.keys if header.get("kid") in (None, k.kid)]
+        if len(candidates) != 1:
+            raise InvalidClientError(description="No single client key matches the assertion's kid.")
+        key = candidates[0]
+        if header.get("alg") not in allowed_algorithms(key):
+            raise InvalidClientError(description="The assertion's alg is not allowed for this key.")
+        try:
+            claims = dict(jwt.decode(assertion, key, algorithms=[header["alg"]]).claims)
+        except (JoseError, ValueError) as exc:
+            raise InvalidClientError(description="The client assertion does not verify.") from exc
+        self.verify_claims(jwt.Claims(claims))
+        max_age = self.provider.settings.tokens.client_assertion_max_age
+        if claims["exp"] - time.time() > max_age:
+            raise InvalidClientError(description="The client assertion lives too long.")
+        return claims
+
+    def _client_from(self, assertion: str) -> Client:
+        # authlib has already resolved the client from ``sub`` and set it on the request
+        claims = _jws_claims(assertion)
+        client = self.provider.query_client(str(claims.get("sub")))
+        if client is None:
+            raise InvalidClientError(description="The client does not exist on this server.")
+        return client
+
+    def resolve_client_public_key(self, client: Client) -> KeySet:
+        return self.provider.client_keys.key_set(client.policy, None)
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        ttl = max(1.0, float(claims["exp"]) - time.time() + self.leeway)
+        key = secret_key(f"{claims['sub']}\x1f{jti}")
+        return self.provider.store.add("client-jti", key, {"at": int(time.time())}, ttl)
+
+
+def _jws_header(token: str) -> dict[str, Any]:
+    from joserfc import jws
+
+    try:
+        return dict(jws.extract_compact(token.encode("ascii")).headers())
+    except (JoseError, ValueError) as exc:
+        raise InvalidClientError(description="Invalid JWT assertion.") from exc
+
+
+def _jws_claims(token: str) -> dict[str, Any]:
+    import json
+
+    from joserfc import jws
+
+    try:
+        return dict(json.loads(jws.extract_compact(token.encode("ascii")).payload))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidClientError(description="Invalid JWT assertion.") from exc
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE as the NL GOV profile wants it: always, and only with S256."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge (S256).")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class OpenIDConnect(OpenIDCode):
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(require_nonce=False)
+        self.provider = provider
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        key = secret_key(f"{request.payload.client_id}\x1f{nonce}")
+        return self.provider.store.get("nonce", key) is not None
+
+    def validate_openid_authorization_request(self, grant: Any, redirect_uri: str) -> None:
+        if not is_openid_scope(grant.request.payload.scope):
+            raise InvalidScopeError("The scope must include 'openid'.")
+        super().validate_openid_authorization_request(grant, redirect_uri)
+
+    def __call__(self, grant: Any) -> None:
+        # Unlike authlib's default, a request without ``openid`` is refused, not served as OAuth.
+        grant.register_hook("after_create_token_response", self.process_token)
+        grant.register_hook("after_validate_authorization_request_payload",
+                            self.validate_openid_authorization_request)
+
+    def encode_id_token(self, token: dict[str, Any], request: Any) -> str:
+        return self.provider.id_token(request.client, request.user, request.authorization_code,
+                                      token.get("access_token"))
+
+
+class CodeGrant(AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        provider: Provider = self.server.provider
+        payload = request.payload.data
+        user: BrokerUser = request.user
+        lifetime = provider.settings.tokens.code_lifetime
+        provider.store.put("code", secret_key(code), {
+            "client_id": request.client.client_id,
+            "redirect_uri": payload.get("redirect_uri"),
+            "scope": request.scope,
+            "nonce": payload.get("nonce"),
+            "code_challenge": payload.get("code_challenge"),
+            "code_challenge_method": payload.get("code_challenge_method"),
+            "user": user.__dict__,
+        }, lifetime)
+        if payload.get("nonce"):
+            nonce_key = secret_key(f"{request.client.client_id}\x1f{payload['nonce']}")
+            provider.store.put("nonce", nonce_key, {}, provider.settings.tokens.id_token_lifetime * 2)
+
+    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        # ``take`` makes the code single-use even under concurrent redemption.
+        data = self.server.provider.store.take("code", secret_key(code))
+        if data is None or data["client_id"] != client.client_id:
+            return None
+        return AuthorizationCode(data)
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Already gone: ``query_authorization_code`` took it."""
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> BrokerUser:
+        return BrokerUser(**authorization_code.data["user"])
+
+
+class AccessToken:
+    """A verified access token, as authlib's resource protector wants it."""
+
+    def __init__(self, claims: dict[str, Any], client: Client | None) -> None:
+        self.claims = claims
+        self.client = client
+        self.scope = claims.get("scope", "")
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_client(self) -> Client | None:
+        return self.client
+
+    def get_user(self) -> dict[str, Any]:
+        return self.claims
+
+    def is_expired(self) -> bool:
+        return self.claims.get("exp", 0) < time.time()
+
+    def is_revoked(self) -> bool:
+        return False
+
+
+class JwtBearerValidator(BearerTokenValidator):
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    def authenticate_token(self, token_string: str) -> AccessToken | None:
+        try:
+            claims = self.provider.keys.verify(token_string, typ="at+jwt")
+        except TokenInvalid:
+            return None
+        if claims.get("iss") != self.provider.issuer:
+            return None
+        return AccessToken(claims, self.provider.query_client(str(claims.get("client_id"))))
+
+
+class UserInfoFromToken(UserInfoEndpoint):
+    def __init__(self, provider: Provider, protector: ResourceProtector) -> None:
+        super().__init__(resource_protector=protector)
+        self.provider = provider
+
+    def get_issuer(self) -> str:
+        return self.provider.issuer
+
+    def generate_user_info(self, user: dict[str, Any], scope: str) -> UserInfo:
+        profile = self.provider.store.get("profile", str(user.get("sid"))) or {}
+        return UserInfo(self.provider.user_claims(user["sub"], profile, scope))
+
+
+class EndSession(EndSessionEndpoint):
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    def get_server_jwks(self) -> KeySet:
+        return self.provider.keys.key_set()
+
+    def get_algorithms(self) -> list[str]:
+        return ["ES256", "RS256", "PS256"]
+
+    def _validate_id_token_hint(self, id_token_hint: str) -> dict[str, Any]:
+        # Verified with the key the kid names, under that key's one algorithm.
+        try:
+            claims = self.provider.keys.verify(id_token_hint)
+        except TokenInvalid as exc:
+            raise InvalidRequestError("The id_token_hint was not issued by this broker.") from exc
+        if claims.get("iss") != self.provider.issuer:
+            raise InvalidRequestError("The id_token_hint was not issued by this broker.")
+        return claims
+
+    def end_session(self, end_session_request: Any) -> None:
+        """Flask-side: the view ends the browser's session (it owns the cookie)."""
+
+
+class BrokerAuthorizationServer(AuthorizationServer):
+    """authlib's Flask server, but an already-built request (one replayed from the login
+    transaction) is used as given instead of being rebuilt from the current HTTP request."""
+
+    provider: Provider
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        return super().create_oauth2_request(request)
+
+
+class Provider:
+    """Everything the OpenID Provider endpoints share: settings, policy, keys, store."""
+
+    def __init__(self, settings: Settings, policy_source: Any, keys: KeyRing, store: Store) -> None:
+        self.settings = settings
+        self.issuer = settings.issuer
+        self._policy_source = policy_source
+        self.keys = keys
+        self.store = store
+        self.client_keys = ClientKeys(settings.http.upstream_timeout)
+        self.server = self._build_server()
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy_source()
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.issuer}/{name}"
+
+    def query_client(self, client_id: str) -> Client | None:
+        policy = self.policy.clients.get(client_id)
+        return Client(policy) if policy else None
+
+    def _build_server(self) -> AuthorizationServer:
+        server = BrokerAuthorizationServer(query_client=self.query_client,
+                                           save_token=lambda token, request: None)
+        server.provider = self
+        server.scopes_supported = list(SUPPORTED_SCOPES)
+        server.register_token_generator("default", self._generate_token)
+        server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
+        server.register_grant(CodeGrant, [S256CodeChallenge(required=True), OpenIDConnect(self)])
+        issuer_parameter = IssuerParameter()
+        issuer_parameter.get_issuer = lambda: self.issuer  # type: ignore[method-assign]
+        server.register_extension(issuer_parameter)
+        protector = ResourceProtector()
+        protector.register_token_validator(JwtBearerValidator(self))
+        server.register_endpoint(UserInfoFromToken(self, protector))
+        server.register_endpoint(EndSession(self))
+        return server
+
+    # -- what tokens say -----------------------------------------------------------
+
+    def user_claims(self, sub: str, profile: dict[str, Any], scope: str) -> dict[str, Any]:
+        """Only the claims the granted scopes ask for (data minimisation)."""
+        claims: dict[str, Any] = {"sub": sub}
+        for scope_name in scope.split():
+            for name in SCOPE_CLAIMS.get(scope_name, ()):
+                if profile.get(name) not in (None, ""):
+                    claims[name] = profile[name]
+        return claims
+
+    def _generate_token(self, grant_type: str, client: Client, user: BrokerUser | None = None,
+                        scope: str | None = None, expires_in: int | None = None,
+                        include_refresh_token: bool = True) -> dict[str, Any]:
+        assert user is not None
+        lifetime = self.settings.tokens.access_token_lifetime
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "sub": user.sub, "aud": client.policy.audience,
+            "client_id": client.client_id, "azp": client.client_id,
+            "iat": now, "exp": now + lifetime, "jti": secrets.token_urlsafe(16),
+            "scope": scope or "", "auth_time": user.auth_time, "sid": user.sid,
+        }
+        if user.acr:
+            claims["acr"] = user.acr
+        return {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
+                "expires_in": lifetime, "scope": scope or ""}
+
+    # -- profiles for /userinfo: kept per SSO session, so tokens carry no personal data --
+
+    def remember_profile(self, sid: str, profile: dict[str, Any]) -> None:
+        self.store.put("profile", sid, profile, self.settings.session.absolute_timeout)
+
+    def forget_profile(self, sid: str) -> None:
+        self.store.delete("profile", sid)
+
+    def id_token(self, client: Client, user: BrokerUser, code: AuthorizationCode | None,
+                 access_token: str | None) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": client.client_id, "azp": client.client_id,
+            "iat": now, "exp": now + self.settings.tokens.id_token_lifetime,
+            "auth_time": user.auth_time, "sid": user.sid,
+        }
+        claims.update(self.user_claims(user.sub, user.claims, code.get_scope() if code else "openid"))
+        if code and code.get_nonce():
+            claims["nonce"] = code.get_nonce()
+        if user.acr:
+            claims["acr"] = user.acr
+        if user.amr:
+            claims["amr"] = user.amr
+        alg = client.id_token_signed_response_alg
+        if access_token:
+            digest = hashlib.sha256(access_token.encode()).digest()
+            from authlib.common.encoding import urlsafe_b64encode
+
+            claims["at_hash"] = urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+        return self.keys.sign(claims, alg=alg)

@@ -1,0 +1,201 @@
+"""OpenID Provider endpoints. Thin: authlib does the protocol, the broker the rest."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from flask import Blueprint, Response, jsonify, request
+
+from idbroker.oidc.provider import SCOPE_CLAIMS, SUPPORTED_SCOPES, BrokerUser
+from idbroker.sessions import SsoSession
+from idbroker.web import (
+    SESSION_COOKIE,
+    broker,
+    clear_cookie,
+    csrf_ok,
+    csrf_token,
+    error_page,
+    log,
+    render_page,
+)
+
+bp = Blueprint("oidc", __name__)
+
+
+class StoredAuthorizationRequest(OAuth2Request):
+    """An /authorize request replayed from the login transaction once the person is known."""
+
+    def __init__(self, uri: str, params: dict[str, str]) -> None:
+        super().__init__("GET", uri)
+        self.payload = BasicOAuth2Payload(params)
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.payload.data
+
+    @property
+    def form(self) -> dict[str, str]:
+        return {}
+
+
+def authorization_error(error: OAuth2Error, locale_hint: str | None = None) -> Response:
+    """Redirect the error to the client only when its redirect URI was verified (RFC 6749
+    §4.1.2.1); otherwise tell the person on a page."""
+    if error.redirect_uri:
+        _, _, headers = error()
+        location = dict(headers)["Location"]
+        location = add_params_to_uri(location, [("iss", broker().settings.issuer)])
+        return Response(status=302, headers={"Location": location})
+    key = {
+        "invalid_client": "err_invalid_client",
+    }.get(error.error, "err_invalid_redirect" if "redirect" in (error.description or "").lower()
+          else "err_invalid_request")
+    log.info("authorization request refused on a page: %s (%s)", error.error, error.description)
+    return error_page(key, status=400, locale_hint=locale_hint)
+
+
+def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
+    raw = params.get("max_age")
+    if raw is None:
+        return False
+    return not raw.isdigit() or time.time() - session.auth_time > int(raw)
+
+
+def authorization_response(params: dict[str, str], session: SsoSession) -> Response:
+    """Issue the code for a validated request on behalf of the session's person."""
+    b = broker()
+    profile = b.store.get("profile", session.sid) or {}
+    user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time,
+                      claims=profile)
+    oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
+    try:
+        grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
+    except OAuth2Error as error:
+        return authorization_error(error, params.get("ui_locales"))
+    response = b.provider.server.create_authorization_response(
+        request=oauth_request, grant_user=user, grant=grant)
+    b.sessions.add_client(session, params["client_id"])
+    return response
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> Response:
+    from idbroker.login.views import start_login
+
+    b = broker()
+    params = {key: request.values[key] for key in request.values}
+    try:
+        b.provider.server.get_consent_grant(
+            request=StoredAuthorizationRequest(b.provider.endpoint("authorize"), params))
+        _refuse_repeated_parameters()
+    except OAuth2Error as error:
+        return authorization_error(error, params.get("ui_locales"))
+    prompts = params.get("prompt", "").split()
+    session = b.sessions.get(request.cookies.get(SESSION_COOKIE))
+    fresh_login_needed = session is None or "login" in prompts or max_age_exceeded(params, session)
+    if not fresh_login_needed and session is not None:
+        return authorization_response(params, session)
+    if "none" in prompts:
+        from authlib.oidc.core.errors import LoginRequiredError
+
+        error = LoginRequiredError(redirect_uri=params["redirect_uri"], state=params.get("state"))
+        return authorization_error(error)
+    return start_login(params, force=session is not None)
+
+
+def _refuse_repeated_parameters() -> None:
+    from authlib.oauth2.rfc6749 import InvalidRequestError
+
+    for name in request.values:
+        if len(request.values.getlist(name)) > 1:
+            raise InvalidRequestError(f"Parameter '{name}' is repeated.")
+
+
+@bp.post("/token")
+def token() -> Response:
+    response = broker().provider.server.create_token_response()
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo() -> Response:
+    response = broker().provider.server.create_endpoint_response("userinfo")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/jwks.json")
+def jwks() -> Response:
+    response = jsonify(broker().keys.public_jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery() -> Response:
+    b = broker()
+    issuer = b.settings.issuer
+    metadata: dict[str, Any] = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "jwks_uri": f"{issuer}/jwks.json",
+        "end_session_endpoint": f"{issuer}/logout",
+        "scopes_supported": list(SUPPORTED_SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": [
+            "ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
+                             *sorted({c for claims in SCOPE_CLAIMS.values() for c in claims})],
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "ui_locales_supported": ["nl", "en"],
+    }
+    response = jsonify(metadata)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def end_session() -> Response:
+    """RP-initiated logout: with a valid ``id_token_hint`` at once; without one, only
+    after the person confirms (so no site can log people out behind their back)."""
+    b = broker()
+    server = b.provider.server
+    try:
+        end_request = server.validate_endpoint_request("end_session")
+    except OAuth2Error as error:
+        log.info("logout refused: %s (%s)", error.error, error.description)
+        return error_page("err_invalid_request", status=400)
+    if end_request.needs_confirmation:
+        if request.method == "GET":
+            return render_page("logout_confirm.html", csrf=csrf_token("logout"),
+                               hidden={k: v for k, v in request.args.items() if k != "csrf_token"})
+        if not csrf_ok("logout"):
+            return error_page("err_csrf", status=400)
+    token = request.cookies.get(SESSION_COOKIE)
+    session = b.sessions.get(token)
+    if session is not None:
+        b.provider.forget_profile(session.sid)
+        b.sessions.end(token)
+    response = server.create_endpoint_response("end_session", end_request)
+    if response is None:
+        response = render_page("logged_out.html")
+    clear_cookie(response, SESSION_COOKIE)
+    return response

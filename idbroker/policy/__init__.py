@@ -1,0 +1,6 @@
+"""Role policies: the chain's organisations, identity providers and applications, as code."""
+
+from idbroker.policy.load import PolicyError, load_policy
+from idbroker.policy.model import ClientPolicy, OidcIdp, Organisation, Policy
+
+__all__ = ["ClientPolicy", "OidcIdp", "Organisation", "Policy", "PolicyError", "load_policy"]

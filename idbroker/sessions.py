@@ -1,0 +1,112 @@
+"""Login transactions and single sign-on sessions, kept server-side in the store.
+
+Cookies carry only random identifiers; the store is keyed by their hashes. A login
+transaction is bound to the browser that started it, so one browser can never finish
+(or step up) another browser's login.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from idbroker.config import SessionSettings
+from idbroker.store import Store, secret_key
+
+_LOGIN = "login"
+_SSO = "sso"
+
+
+@dataclass
+class LoginTransaction:
+    """One /authorize request on its way through organisation choice and upstream login."""
+
+    id: str
+    browser: str  # hash of the browser-binding cookie
+    params: dict[str, str]
+    created_at: float
+    organisation: str | None = None
+    upstream: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SsoSession:
+    key: str  # hash of the cookie token: the token itself is never stored
+    sid: str  # public session id, for the ID token's ``sid`` and logout
+    person: str
+    identity: dict[str, Any]
+    created_at: float
+    auth_time: int
+    clients: list[str] = field(default_factory=list)
+
+
+class Sessions:
+    def __init__(self, store: Store, settings: SessionSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # -- login transactions ----------------------------------------------------
+
+    def begin_login(self, browser: str, params: dict[str, str]) -> LoginTransaction:
+        txn = LoginTransaction(secrets.token_urlsafe(24), secret_key(browser), params, time.time())
+        self.save_login(txn)
+        return txn
+
+    def save_login(self, txn: LoginTransaction) -> None:
+        remaining = txn.created_at + self.settings.login_timeout - time.time()
+        if remaining <= 0:
+            return
+        self.store.put(_LOGIN, secret_key(txn.id), asdict(txn), remaining)
+
+    def login(self, txn_id: str, browser: str | None) -> LoginTransaction | None:
+        """The transaction, if it exists and this browser started it."""
+        data = self.store.get(_LOGIN, secret_key(txn_id))
+        if data is None or not browser or not hmac.compare_digest(data["browser"], secret_key(browser)):
+            return None
+        return LoginTransaction(**data)
+
+    def end_login(self, txn: LoginTransaction) -> None:
+        self.store.delete(_LOGIN, secret_key(txn.id))
+
+    # -- single sign-on sessions -------------------------------------------------
+
+    def create(self, person: str, identity: dict[str, Any], auth_time: int) -> tuple[str, SsoSession]:
+        """A new session and the token for the browser's cookie."""
+        token = secrets.token_urlsafe(32)
+        session = SsoSession(secret_key(token), secrets.token_urlsafe(16), person, identity,
+                             time.time(), auth_time)
+        self._save(session)
+        return token, session
+
+    def get(self, token: str | None) -> SsoSession | None:
+        """A live session; each use restarts its idle timer (never past the absolute limit)."""
+        if not token:
+            return None
+        data = self.store.get(_SSO, secret_key(token))
+        if data is None:
+            return None
+        session = SsoSession(**data)
+        if not self._save(session):
+            return None
+        return session
+
+    def add_client(self, session: SsoSession, client_id: str) -> None:
+        if client_id not in session.clients:
+            session.clients.append(client_id)
+            self._save(session)
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self.store.delete(_SSO, secret_key(token))
+
+    def _save(self, session: SsoSession) -> bool:
+        remaining = session.created_at + self.settings.absolute_timeout - time.time()
+        if remaining <= 0:
+            self.store.delete(_SSO, session.key)
+            return False
+        self.store.put(_SSO, session.key, asdict(session),
+                       min(self.settings.idle_timeout, remaining))
+        return True

@@ -1,0 +1,82 @@
+"""The upstream seam: one small protocol per organisation IdP, whatever it speaks.
+
+Like Dex's connectors, a connector turns a protocol exchange into one normalised
+:class:`UpstreamIdentity`; the rest of the broker never sees protocol detail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class UpstreamIdentity:
+    """Who the organisation's IdP says logged in, and how."""
+
+    organisation: str
+    issuer: str
+    subject: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    upstream_acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "organisation": self.organisation,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "attributes": dict(self.attributes),
+            "upstream_acr": self.upstream_acr,
+            "amr": list(self.amr),
+            "auth_time": self.auth_time,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpstreamIdentity:
+        return cls(
+            organisation=data["organisation"],
+            issuer=data["issuer"],
+            subject=data["subject"],
+            attributes=dict(data.get("attributes") or {}),
+            upstream_acr=data.get("upstream_acr"),
+            amr=tuple(data.get("amr") or ()),
+            auth_time=data.get("auth_time"),
+        )
+
+
+class UpstreamError(Exception):
+    """The organisation's IdP could not log the person in.
+
+    ``reason`` is one of: ``unreachable`` (we could not talk to it), ``denied`` (it
+    answered with an error, e.g. the person cancelled), ``invalid`` (its answer failed
+    our checks: signature, issuer, audience, nonce, state). ``detail`` is for the log.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class UpstreamRedirect:
+    """Where to send the browser, and what the connector must get back to finish."""
+
+    url: str
+    kept: dict[str, Any]
+
+
+class Connector(Protocol):
+    """One organisation's IdP. ``kept`` travels in the server-side login transaction."""
+
+    def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
+              force_login: bool = False) -> UpstreamRedirect:
+        """Start a login at the IdP; ``state`` comes back at the callback to find the login."""
+
+    def complete(
+        self, *, redirect_uri: str, response: Mapping[str, str], kept: Mapping[str, Any]
+    ) -> UpstreamIdentity:
+        """Check the IdP's answer at our callback and return who logged in."""

@@ -1,0 +1,196 @@
+"""OpenID Connect upstream connector on authlib's OAuth 2.0 client.
+
+The broker is a relying party of the organisation's IdP: authorization code flow with
+PKCE (S256), ``state`` and ``nonce``, one callback URL per IdP, the RFC 9207 ``iss``
+parameter checked against the configured issuer (mix-up defence), and ID tokens accepted
+only under the algorithms the policy names for that IdP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import Key, KeySet
+
+from idbroker.policy.model import Organisation
+from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
+
+_METADATA_TTL = 3600.0
+_JWKS_REFRESH_MIN_INTERVAL = 60.0
+#: Profile claims the broker keeps from an upstream ID token (data minimisation).
+_KEPT_CLAIMS = ("name", "given_name", "family_name", "email", "employee_number", "groups")
+
+
+class OidcConnector:
+    """Talks to one organisation's OpenID Provider."""
+
+    def __init__(
+        self,
+        organisation: Organisation,
+        *,
+        client_key: Callable[[], tuple[Key, str]],
+        client_secret: str | None = None,
+        timeout: float = 5.0,
+        clock_skew: int = 60,
+    ) -> None:
+        self.organisation = organisation
+        self.idp = organisation.idp
+        self._client_key = client_key
+        self._client_secret = client_secret
+        self._timeout = timeout
+        self._skew = clock_skew
+        self._lock = threading.Lock()
+        self._metadata: dict[str, Any] | None = None
+        self._metadata_at = 0.0
+        self._jwks: KeySet | None = None
+        self._jwks_at = 0.0
+
+    # -- the protocol ------------------------------------------------------------
+
+    def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
+              force_login: bool = False) -> UpstreamRedirect:
+        metadata = self._discover()
+        nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+        extra = {"login_hint": login_hint} if login_hint else {}
+        if force_login:
+            extra["prompt"] = "login"
+        session = OAuth2Session(self.idp.client_id, scope=" ".join(self.idp.scopes),
+                                redirect_uri=redirect_uri, code_challenge_method="S256")
+        url, _ = session.create_authorization_url(
+            metadata["authorization_endpoint"], state=state, code_verifier=verifier,
+            nonce=nonce, **extra,
+        )
+        return UpstreamRedirect(url, {"state": state, "nonce": nonce, "verifier": verifier})
+
+    def complete(
+        self, *, redirect_uri: str, response: Mapping[str, str], kept: Mapping[str, Any]
+    ) -> UpstreamIdentity:
+        if not hmac.compare_digest(str(response.get("state", "")), str(kept["state"])):
+            raise UpstreamError("invalid", "state does not match this login")
+        metadata = self._discover()
+        self._check_iss_parameter(response.get("iss"), metadata)
+        if response.get("error"):
+            description = str(response.get("error_description", ""))[:200]
+            raise UpstreamError("denied", f"{response['error']}: {description}")
+        code = response.get("code")
+        if not code:
+            raise UpstreamError("invalid", "no code in the authorization response")
+        token = self._exchange(metadata, code, redirect_uri, kept["verifier"])
+        claims = self._validate_id_token(token.get("id_token"), kept["nonce"])
+        return UpstreamIdentity(
+            organisation=self.organisation.id,
+            issuer=self.idp.issuer,
+            subject=claims["sub"],
+            attributes={name: claims[name] for name in _KEPT_CLAIMS if name in claims},
+            upstream_acr=claims.get("acr"),
+            amr=tuple(claims.get("amr") or ()),
+            auth_time=claims.get("auth_time"),
+        )
+
+    # -- steps -------------------------------------------------------------------
+
+    def _check_iss_parameter(self, iss: str | None, metadata: Mapping[str, Any]) -> None:
+        if iss is not None and iss != self.idp.issuer:
+            raise UpstreamError("invalid", "authorization response from another issuer (mix-up)")
+        if iss is None and metadata.get("authorization_response_iss_parameter_supported"):
+            raise UpstreamError("invalid", "authorization response lacks the iss parameter")
+
+    def _exchange(self, metadata: Mapping[str, Any], code: str, redirect_uri: str,
+                  verifier: str) -> dict[str, Any]:
+        token_endpoint = metadata["token_endpoint"]
+        if self.idp.client_auth == "private_key_jwt":
+            key, alg = self._client_key()
+            session = OAuth2Session(self.idp.client_id, key,
+                                    token_endpoint_auth_method="private_key_jwt")
+            session.register_client_auth_method(
+                PrivateKeyJWT(token_endpoint, alg=alg, headers={"kid": key.kid}))
+        else:
+            session = OAuth2Session(self.idp.client_id, self._client_secret,
+                                    token_endpoint_auth_method="client_secret_basic")
+        try:
+            token = session.fetch_token(token_endpoint, code=code, code_verifier=verifier,
+                                        redirect_uri=redirect_uri, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError("unreachable", f"token endpoint: {type(exc).__name__}") from exc
+        except Exception as exc:  # authlib raises OAuthError and friends for error bodies
+            raise UpstreamError("invalid", f"token request refused: {exc}") from exc
+        return dict(token)
+
+    def _validate_id_token(self, id_token: str | None, nonce: str) -> dict[str, Any]:
+        if not id_token:
+            raise UpstreamError("invalid", "token response has no id_token")
+        try:
+            decoded = jwt.decode(id_token, self._key_set_for(id_token), algorithms=list(self.idp.algorithms))
+        except (JoseError, ValueError) as exc:
+            raise UpstreamError("invalid", f"ID token rejected: {type(exc).__name__}") from exc
+        claims = dict(decoded.claims)
+        now = time.time()
+        audience = claims.get("aud")
+        audiences = [audience] if isinstance(audience, str) else list(audience or [])
+        problems = [
+            (claims.get("iss") != self.idp.issuer, "iss is not the configured issuer"),
+            (self.idp.client_id not in audiences, "aud does not name the broker"),
+            (len(audiences) > 1 and claims.get("azp") != self.idp.client_id, "azp is not the broker"),
+            (not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - self._skew,
+             "expired"),
+            (isinstance(claims.get("iat"), int | float) and claims["iat"] > now + self._skew,
+             "issued in the future"),
+            (not hmac.compare_digest(str(claims.get("nonce", "")), nonce), "nonce mismatch"),
+            (not isinstance(claims.get("sub"), str) or not claims["sub"], "no subject"),
+        ]
+        for failed, what in problems:
+            if failed:
+                raise UpstreamError("invalid", f"ID token {what}")
+        return claims
+
+    # -- metadata and keys ---------------------------------------------------------
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            reply = requests.get(url, timeout=self._timeout, headers={"Accept": "application/json"})
+            reply.raise_for_status()
+            data = reply.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise UpstreamError("unreachable", f"{url}: {type(exc).__name__}") from exc
+        if not isinstance(data, dict):
+            raise UpstreamError("invalid", f"{url}: not a JSON object")
+        return data
+
+    def _discover(self) -> dict[str, Any]:
+        with self._lock:
+            if self._metadata is not None and time.monotonic() - self._metadata_at < _METADATA_TTL:
+                return self._metadata
+        metadata = self._get_json(self.idp.issuer + "/.well-known/openid-configuration")
+        if metadata.get("issuer") != self.idp.issuer:
+            raise UpstreamError("invalid", "discovery issuer differs from the configured issuer")
+        for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            if not isinstance(metadata.get(name), str):
+                raise UpstreamError("invalid", f"discovery lacks {name}")
+        with self._lock:
+            self._metadata, self._metadata_at = metadata, time.monotonic()
+        return metadata
+
+    def _key_set_for(self, id_token: str) -> KeySet:
+        """The IdP's keys; fetched again (at most once a minute) when a new kid appears."""
+        kid = jws.extract_compact(id_token.encode("ascii")).headers().get("kid")
+        with self._lock:
+            jwks, fetched_at = self._jwks, self._jwks_at
+        known = jwks is not None and (kid is None or any(k.kid == kid for k in jwks.keys))
+        if known and jwks is not None:
+            return jwks
+        if jwks is not None and time.monotonic() - fetched_at < _JWKS_REFRESH_MIN_INTERVAL:
+            return jwks
+        fresh = KeySet.import_key_set(self._get_json(self._discover()["jwks_uri"]))
+        with self._lock:
+            self._jwks, self._jwks_at = fresh, time.monotonic()
+        return fresh

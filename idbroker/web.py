@@ -1,0 +1,119 @@
+"""What every page and endpoint shares: locale, cookies, CSRF, error pages, headers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, current_app, g, render_template, request
+
+from idbroker.broker import Broker
+from idbroker.i18n import choose_locale, translate
+
+log = logging.getLogger("idbroker")
+
+BROWSER_COOKIE = "idb_browser"
+SESSION_COOKIE = "idb_session"
+ORGANISATION_COOKIE = "idb_org"
+LOCALE_COOKIE = "idb_lang"
+
+PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; "
+            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def broker() -> Broker:
+    return current_app.extensions["idbroker"]
+
+
+def locale(hint: str | None = None) -> str:
+    accept = [tag for tag, _ in request.accept_languages]
+    return choose_locale(request.args.get("lang"), hint, request.cookies.get(LOCALE_COOKIE),
+                         accept=accept, default=broker().settings.default_locale)
+
+
+def render_page(template: str, *, status: int = 200, locale_hint: str | None = None,
+                allow_switch: bool = True, **context: Any) -> Response:
+    lang = locale(locale_hint)
+    other = "en" if lang == "nl" else "nl"
+    # Only the path: query strings here can hold codes, which must not leak into links.
+    switch_url = f"{request.path}?{urlencode({'lang': other})}" if allow_switch else None
+    body = render_template(template, lang=lang, other_lang=other, switch_url=switch_url,
+                           t=lambda key, **kw: translate(lang, key, **kw), **context)
+    response = Response(body, status=status, mimetype="text/html")
+    if request.args.get("lang") in ("nl", "en"):
+        set_cookie(response, LOCALE_COOKIE, lang, max_age=365 * 86400)
+    return response
+
+
+def error_page(message_key: str, *, status: int = 400, locale_hint: str | None = None,
+               **values: str) -> Response:
+    """A page a person understands, with a reference that ties it to our log line."""
+    reference = correlation_id()
+    log.info("error page %s status=%s ref=%s", message_key, status, reference)
+    lang = locale(locale_hint)
+    return render_page("error.html", status=status, locale_hint=locale_hint, allow_switch=False,
+                       message=translate(lang, message_key, **values), reference=reference)
+
+
+def correlation_id() -> str:
+    if "correlation_id" not in g:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.correlation_id = incoming if _safe_id(incoming) else uuid.uuid4().hex
+    return g.correlation_id
+
+
+def _safe_id(value: str) -> bool:
+    return 8 <= len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value)
+
+
+def set_cookie(response: Response, name: str, value: str, *, max_age: int | None = None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Lax",
+                        secure=broker().settings.secure_cookies)
+
+
+def clear_cookie(response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="Lax",
+                           secure=broker().settings.secure_cookies)
+
+
+def browser_id() -> str:
+    """This browser's binding secret; a new one is set as a cookie by :func:`security_headers`."""
+    if "browser_id" not in g:
+        existing = request.cookies.get(BROWSER_COOKIE, "")
+        if len(existing) >= 32:
+            g.browser_id = existing
+        else:
+            g.browser_id = secrets.token_urlsafe(32)
+            g.new_browser_id = True
+    return g.browser_id
+
+
+def csrf_token(purpose: str) -> str:
+    """A form token bound to this browser and to the form's purpose."""
+    key = broker().keys.secrets["csrf_key"].encode()
+    return hmac.new(key, f"{browser_id()}\x1f{purpose}".encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(purpose: str) -> bool:
+    given = request.form.get("csrf_token", "")
+    return bool(request.cookies.get(BROWSER_COOKIE)) and hmac.compare_digest(given, csrf_token(purpose))
+
+
+def security_headers(response: Response) -> Response:
+    if g.get("new_browser_id"):
+        set_cookie(response, BROWSER_COOKIE, g.browser_id)
+    headers = response.headers
+    if response.mimetype == "text/html":
+        headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        headers.setdefault("Cache-Control", "no-store")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    if broker().settings.secure_cookies:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response

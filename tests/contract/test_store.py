@@ -1,0 +1,346 @@
+"""The store contract: what the broker relies on, held against every backend.
+
+Each test runs once per backend (see ``conftest.py``). Expiry tests use short
+TTLs and sleep a little past them, so the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from queue import Queue
+from typing import Any, TypeVar
+
+import pytest
+
+from idbroker.store import Store, StoreUnavailable
+from idbroker.store.sqlite import SqliteStore
+
+NS = "contract"
+TTL = 0.3
+PAST_TTL = 0.5  # sleep this long to be sure a TTL entry has expired
+T = TypeVar("T")
+
+
+def race(callers: int, call: Callable[[], T]) -> list[T]:
+    """Run ``call`` in ``callers`` threads released at the same instant."""
+    barrier = threading.Barrier(callers)
+
+    def run() -> T:
+        barrier.wait(timeout=10)
+        return call()
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        futures = [pool.submit(run) for _ in range(callers)]
+        return [future.result() for future in futures]
+
+
+# --- values and namespaces ---------------------------------------------------------------------
+
+
+def test_put_then_get_round_trips_nested_json(store: Store) -> None:
+    value = {
+        "sub": "user-1",
+        "claims": {"amr": ["pwd", "otp"], "acr": None, "level": 3, "ratio": 0.5},
+        "consent": True,
+        "name": "Zoë 😀",
+    }
+    store.put(NS, "k", value, ttl=60)
+    assert store.get(NS, "k") == value
+
+
+def test_get_of_an_absent_key_is_none(store: Store) -> None:
+    assert store.get(NS, "never-written") is None
+
+
+def test_put_replaces_the_value(store: Store) -> None:
+    store.put(NS, "k", {"v": 1}, ttl=60)
+    store.put(NS, "k", {"v": 2}, ttl=60)
+    assert store.get(NS, "k") == {"v": 2}
+
+
+def test_namespaces_are_separate(store: Store) -> None:
+    store.put("codes", "same", {"in": "codes"}, ttl=60)
+    store.put("jti", "same", {"in": "jti"}, ttl=60)
+    store.delete("jti", "same")
+    assert store.get("codes", "same") == {"in": "codes"}
+    assert store.get("jti", "same") is None
+
+
+@pytest.mark.parametrize("namespace", ["", "a:b"])
+def test_ambiguous_namespaces_are_refused(store: Store, namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        store.put(namespace, "k", {}, ttl=60)
+    with pytest.raises(ValueError, match="namespace"):
+        store.get(namespace, "k")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"x": object()}, {"x": {1, 2}}, {"x": float("nan")}, ["not", "an", "object"]],
+    ids=["object", "set", "nan", "list"],
+)
+def test_values_that_are_not_json_objects_are_refused_and_nothing_is_stored(
+    store: Store, bad: Any
+) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        store.put(NS, "new", bad, ttl=60)
+    with pytest.raises((TypeError, ValueError)):
+        store.add(NS, "new", bad, ttl=60)
+    assert store.get(NS, "new") is None
+    store.put(NS, "old", {"v": 1}, ttl=60)
+    with pytest.raises((TypeError, ValueError)):
+        store.put(NS, "old", bad, ttl=60)
+    assert store.get(NS, "old") == {"v": 1}
+
+
+def test_delete_removes_and_absent_is_fine(store: Store) -> None:
+    store.put(NS, "k", {"v": 1}, ttl=60)
+    store.delete(NS, "k")
+    store.delete(NS, "k")
+    store.delete(NS, "never-written")
+    assert store.get(NS, "k") is None
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+def test_data_is_seen_by_a_fresh_store_object(store_factory: Callable[[], Store]) -> None:
+    writer = store_factory()
+    writer.put(NS, "k", {"v": "durable"}, ttl=None)
+    writer.close()
+    reader = store_factory()
+    try:
+        assert reader.get(NS, "k") == {"v": "durable"}
+    finally:
+        reader.close()
+
+
+# --- expiry ------------------------------------------------------------------------------------
+
+
+def test_expired_entries_are_gone_and_ttl_none_never_expires(store: Store) -> None:
+    store.put(NS, "short", {"v": 1}, ttl=TTL)
+    store.put(NS, "short-take", {"v": 1}, ttl=TTL)
+    store.put(NS, "short-touch", {"v": 1}, ttl=TTL)
+    assert store.add(NS, "short-add", {"v": "first"}, ttl=TTL)
+    store.put(NS, "forever", {"v": 2}, ttl=None)
+    time.sleep(PAST_TTL)
+    assert store.get(NS, "short") is None
+    assert store.take(NS, "short-take") is None
+    assert store.touch(NS, "short-touch", 60) is False
+    assert store.get(NS, "short-touch") is None
+    assert store.add(NS, "short-add", {"v": "second"}, ttl=60), "add after expiry must win"
+    assert store.get(NS, "short-add") == {"v": "second"}
+    assert store.get(NS, "forever") == {"v": 2}
+
+
+def test_touch_extends_a_live_entry(store: Store) -> None:
+    store.put(NS, "k", {"v": 1}, ttl=TTL)
+    assert store.touch(NS, "k", 60) is True
+    time.sleep(PAST_TTL)
+    assert store.get(NS, "k") == {"v": 1}
+
+
+def test_touch_of_an_absent_key_is_false(store: Store) -> None:
+    assert store.touch(NS, "never-written", 60) is False
+    assert store.get(NS, "never-written") is None
+
+
+# --- take: single use --------------------------------------------------------------------------
+
+
+def test_take_returns_the_value_once(store: Store) -> None:
+    store.put(NS, "code", {"client_id": "c"}, ttl=60)
+    assert store.take(NS, "code") == {"client_id": "c"}
+    assert store.take(NS, "code") is None
+    assert store.get(NS, "code") is None
+    assert store.take(NS, "never-written") is None
+
+
+def test_take_under_thread_contention_has_one_winner(store: Store) -> None:
+    for round_ in range(10):
+        store.put(NS, f"code-{round_}", {"round": round_}, ttl=60)
+        results = race(16, lambda r=round_: store.take(NS, f"code-{r}"))
+        assert [value for value in results if value is not None] == [{"round": round_}]
+
+
+def _contend(
+    factory: Callable[[], Store],
+    keys: list[str],
+    barrier: Barrier,
+    results: Queue[tuple[list[str], list[str], list[int]]],
+) -> None:
+    """Subprocess body: its own store object takes, adds and counts, key by key."""
+    store = factory()
+    taken: list[str] = []
+    added: list[str] = []
+    counts: list[int] = []
+    try:
+        for key in keys:
+            barrier.wait(timeout=60)  # lockstep: every process contends for the same key
+            if store.take(NS, key) is not None:
+                taken.append(key)
+            if store.add(NS, f"jti-{key}", {"key": key}, ttl=60):
+                added.append(key)
+            counts.append(store.incr(NS, "hits", 60))
+        results.put((taken, added, counts))
+    finally:
+        store.close()
+
+
+def test_take_add_and_incr_are_atomic_across_processes(
+    store_factory: Callable[[], Store],
+) -> None:
+    """What gunicorn workers (or broker instances) sharing one store rely on."""
+    keys = [f"code-{i}" for i in range(150)]
+    store = store_factory()
+    for key in keys:
+        store.put(NS, key, {"key": key}, ttl=60)
+    store.close()
+    context = multiprocessing.get_context("spawn")  # separate interpreters, nothing inherited
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_contend, args=(store_factory, keys, barrier, results))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    (taken_1, added_1, counts_1), (taken_2, added_2, counts_2) = (
+        results.get(timeout=60) for _ in workers
+    )
+    for worker in workers:
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+    assert sorted(taken_1 + taken_2) == sorted(keys), "every key taken exactly once"
+    assert sorted(added_1 + added_2) == sorted(keys), "every add won exactly once"
+    assert sorted(counts_1 + counts_2) == list(range(1, 2 * len(keys) + 1))
+
+
+# --- add: replay cache -------------------------------------------------------------------------
+
+
+def test_add_has_exactly_one_winner_and_keeps_the_first_value(store: Store) -> None:
+    values = iter(range(16))
+    lock = threading.Lock()
+
+    def add() -> tuple[bool, int]:
+        with lock:
+            mine = next(values)
+        return store.add(NS, "jti", {"by": mine}, ttl=60), mine
+
+    results = race(16, add)
+    winners = [mine for created, mine in results if created]
+    assert len(winners) == 1
+    assert store.get(NS, "jti") == {"by": winners[0]}
+    assert store.add(NS, "jti", {"by": "late"}, ttl=60) is False
+
+
+# --- incr: fixed-window rate limit -------------------------------------------------------------
+
+
+def test_incr_counts_atomically(store: Store) -> None:
+    def fifty() -> list[int]:
+        return [store.incr(NS, "hits", 60) for _ in range(50)]
+
+    counts = [count for batch in race(8, fifty) for count in batch]
+    assert sorted(counts) == list(range(1, 401))
+
+
+def test_incr_window_is_fixed_not_sliding(store: Store) -> None:
+    assert store.incr(NS, "hits", TTL) == 1
+    time.sleep(TTL * 2 / 3)
+    assert store.incr(NS, "hits", TTL) == 2  # must not push the expiry back
+    time.sleep(TTL * 2 / 3)
+    assert store.incr(NS, "hits", TTL) == 1, "the window slid: it restarted from the 2nd incr"
+
+
+# --- failure: fail closed ----------------------------------------------------------------------
+
+
+OPERATIONS: dict[str, Callable[[Store], object]] = {
+    "ping": lambda s: s.ping(),
+    "put": lambda s: s.put(NS, "k", {"v": 1}, 60),
+    "add": lambda s: s.add(NS, "k", {"v": 1}, 60),
+    "get": lambda s: s.get(NS, "k"),
+    "take": lambda s: s.take(NS, "k"),
+    "delete": lambda s: s.delete(NS, "k"),
+    "touch": lambda s: s.touch(NS, "k", 60),
+    "incr": lambda s: s.incr(NS, "k", 60),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS.values(), ids=OPERATIONS.keys())
+def test_a_backend_that_is_down_raises_store_unavailable(
+    down_store: Store, operation: Callable[[Store], object]
+) -> None:
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        operation(down_store)
+
+
+# --- backend specifics -------------------------------------------------------------------------
+
+
+def test_sqlite_creates_directories_and_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "store.sqlite3"
+    store = SqliteStore(path)
+    try:
+        store.put(NS, "k", {"v": 1}, ttl=60)
+        for file in [path, Path(f"{path}-wal"), Path(f"{path}-shm")]:
+            if file.exists():
+                assert stat.S_IMODE(os.stat(file).st_mode) == 0o600, file.name
+    finally:
+        store.close()
+
+
+def test_sqlite_purges_expired_rows_by_itself(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path, purge_every=0)
+    try:
+        store.put(NS, "old", {"v": 1}, ttl=TTL)
+        time.sleep(PAST_TTL)
+        store.put(NS, "new", {"v": 2}, ttl=None)
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT key FROM entries").fetchall() == [("new",)]
+
+
+def test_sqlite_in_memory_is_shared_by_threads() -> None:
+    store = SqliteStore(":memory:")
+    try:
+        store.put(NS, "code", {"v": 1}, ttl=60)
+        results = race(8, lambda: store.take(NS, "code"))
+        assert [value for value in results if value is not None] == [{"v": 1}]
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_redis_keys_are_prefixed_and_expire_in_redis(redis_url: str) -> None:
+    from redis import Redis
+
+    from idbroker.store.redis import RedisStore
+
+    prefix = f"test-{uuid.uuid4().hex}"
+    store = RedisStore(redis_url, prefix=prefix)
+    raw = Redis.from_url(redis_url)
+    try:
+        store.put(NS, "k", {"v": 1}, ttl=10)
+        store.put(NS, "forever", {"v": 1}, ttl=None)
+        assert 0 < raw.pttl(f"{prefix}:{NS}:k") <= 10_000
+        assert raw.pttl(f"{prefix}:{NS}:forever") == -1  # no expiry at all
+    finally:
+        raw.close()
+        store.close()

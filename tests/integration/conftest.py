@@ -1,0 +1,118 @@
+"""A running chain for integration tests: the broker with the example policy, its demo
+IdPs and demo apps, plus two scripted test clients, on a real threaded HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from idbroker.demo.launcher import DemoChain, build_demo
+from tests.support.browser import Browser
+from tests.support.wsgi_server import DeferredApp, serve_wsgi
+
+REPO = Path(__file__).resolve().parents[2]
+BASIC_SECRET = "correct-horse-battery-staple-" + "x" * 16
+
+
+@dataclass
+class Chain:
+    """The running chain and what a scripted client needs to talk to it."""
+
+    base: str
+    demo: DemoChain
+    rp_key: ECKey
+    policy_dir: Path
+    state_dir: Path
+
+    rp_id = "test-rp"
+    basic_id = "test-basic"
+
+    @property
+    def rp_redirect(self) -> str:
+        return f"{self.base}/test-rp/cb"
+
+    def authorize_url(self, client_id: str | None = None, **params: str) -> tuple[str, dict[str, str]]:
+        """An authorization request with fresh PKCE, state and nonce; returns URL and secrets."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+        query = {
+            "response_type": "code", "client_id": client_id or self.rp_id,
+            "redirect_uri": self.rp_redirect, "scope": "openid profile email",
+            "state": secrets.token_urlsafe(12), "nonce": secrets.token_urlsafe(12),
+            "code_challenge": challenge, "code_challenge_method": "S256",
+        }
+        query.update(params)
+        query = {k: v for k, v in query.items() if v is not None}
+        return f"{self.base}/authorize?{urlencode(query)}", {"verifier": verifier, **query}
+
+    def assertion(self, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": self.rp_id, "sub": self.rp_id, "aud": f"{self.base}/token",
+                "jti": secrets.token_urlsafe(16), "iat": now, "exp": now + 60}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode({"alg": "ES256", "kid": self.rp_key.kid}, body, self.rp_key)
+
+    def redeem(self, code: str, verifier: str | None, *, assertion: str | None = None,
+               client_id: str | None = None, **extra: str) -> requests.Response:
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.rp_redirect,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion or self.assertion()}
+        if verifier is not None:
+            form["code_verifier"] = verifier
+        form.update(extra)
+        return requests.post(f"{self.base}/token", data=form, timeout=10)
+
+    def login(self, browser: Browser | None = None,
+              **params: str) -> tuple[dict[str, list[str]], dict[str, str], Browser]:
+        """Walk a browser through a whole login; return the callback's query and the request."""
+        browser = browser or Browser()
+        url, request = self.authorize_url(**params)
+        step = browser.go(url, stop_at=self.rp_redirect)
+        assert step.url.startswith(self.rp_redirect), step.body[:500]
+        return parse_qs(urlsplit(step.url).query), request, browser
+
+
+def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey) -> None:
+    shutil.copytree(REPO / "policies", policy_dir)
+    clients = {"clients": [
+        {"id": "test-rp", "name": "Test RP", "redirect_uris": [f"{base}/test-rp/cb"],
+         "post_logout_redirect_uris": [f"{base}/test-rp/bye"],
+         "auth_method": "private_key_jwt",
+         "jwks": {"keys": [rp_key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
+         "scopes": ["openid", "profile", "email"]},
+        {"id": "test-basic", "name": "Test basic", "redirect_uris": [f"{base}/test-rp/cb"],
+         "auth_method": "client_secret_basic",
+         "client_secret_sha256": hashlib.sha256(BASIC_SECRET.encode()).hexdigest(),
+         "scopes": ["openid", "profile"], "id_token_signed_response_alg": "RS256"},
+    ]}
+    (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chain]:
+    overrides = {}
+    if request.param == "redis":
+        overrides["store.url"] = request.getfixturevalue("redis_url")
+    deferred = DeferredApp()
+    with serve_wsgi(deferred) as (base, _shutdown):
+        rp_key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+        write_test_policy(tmp_path / "policies", base, rp_key)
+        demo = build_demo(base, policies=tmp_path / "policies", state_dir=tmp_path / "state",
+                          overrides=overrides)
+        deferred.target = demo.app
+        yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
