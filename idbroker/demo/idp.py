@@ -392,19 +392,19 @@ class _CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "private_key_jwt"]
     server: _Server
 
-    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
-        data = request.payload.data
-        account: DemoAccount = request.user
+    def save_authorization_code(self, code: str, oauth_request: OAuth2Request) -> None:
+        data = oauth_request.payload.data
+        account: DemoAccount = oauth_request.user
         if data.get("acr_values"):
             # recorded only: the demo IdP does no step-up
             log.info("demo IdP %s: acr_values %r requested", self.server.idp.display_name,
                      data["acr_values"])
         self.server.idp.save_code(_Code(
             code=code,
-            client_id=request.client.client_id,
+            client_id=oauth_request.client.client_id,
             username=account.username,
-            redirect_uri=request.payload.redirect_uri,
-            scope=request.scope,
+            redirect_uri=oauth_request.payload.redirect_uri,
+            scope=oauth_request.scope,
             nonce=data.get("nonce"),
             auth_time=int(session["auth_time"]),
             acr=account.acr,

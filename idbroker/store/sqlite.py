@@ -212,9 +212,11 @@ class SqliteStore:
         return db
 
     def _enable_wal(self, db: sqlite3.Connection) -> None:
-        """Switch to WAL (a no-op once the file is WAL), retrying while another process holds
-        the lock: SQLite answers this pragma "busy" at once instead of using busy_timeout, and
-        workers started together on a fresh file all run it at the same moment."""
+        """Switch to WAL (a no-op once the file is WAL), retrying on "busy".
+
+        Workers started together on a fresh file all switch at the same moment, and SQLite
+        fails all but one of them at once (deadlock avoidance) instead of waiting busy_timeout.
+        """
         deadline = time.monotonic() + self._busy_timeout
         while True:
             try:

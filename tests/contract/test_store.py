@@ -344,3 +344,4 @@ def test_redis_keys_are_prefixed_and_expire_in_redis(redis_url: str) -> None:
     finally:
         raw.close()
         store.close()
+

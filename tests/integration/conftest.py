@@ -8,6 +8,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from idbroker.demo.launcher import DemoChain, build_demo
+from idbroker.demo.idp import DemoClient, create_idp_app
+from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
 from tests.support.browser import Browser
 from tests.support.wsgi_server import DeferredApp, serve_wsgi
 
@@ -87,8 +90,27 @@ class Chain:
         return parse_qs(urlsplit(step.url).query), request, browser
 
 
-def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey) -> None:
+#: Demo IdPs that misbehave on purpose, each behind its own organisation.
+FAULTS = ("wrong_issuer", "rogue_signature", "wrong_audience", "wrong_nonce", "alg_none", "hs256",
+          "error_access_denied", "no_iss_param", "wrong_iss_param")
+
+
+def fault_org(fault: str) -> str:
+    return "fault-" + fault.replace("_", "-")
+
+
+def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: int) -> None:
     shutil.copytree(REPO / "policies", policy_dir)
+    organisations = [
+        {"id": fault_org(fault), "name": f"Storing {fault}",
+         "idp": {"protocol": "oidc", "issuer": f"{base}/fault-idp/{fault}", "client_id": "idbroker",
+                 "algorithms": ["ES256"]}}
+        for fault in FAULTS
+    ]
+    organisations.append({"id": "offline", "name": "Gemeente Onbereikbaar", "idp": {
+        "protocol": "oidc", "issuer": f"http://127.0.0.1:{closed_port}/idp", "client_id": "idbroker"}})
+    (policy_dir / "test-organisations.yaml").write_text(
+        json.dumps({"organisations": organisations}), encoding="utf-8")
     clients = {"clients": [
         {"id": "test-rp", "name": "Test RP", "redirect_uris": [f"{base}/test-rp/cb"],
          "post_logout_redirect_uris": [f"{base}/test-rp/bye"],
@@ -103,16 +125,33 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey) -> None:
     (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chain]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """One running chain per test module and store backend; tests keep apart by browser."""
+    tmp_path = tmp_path_factory.mktemp("chain")
     overrides = {}
     if request.param == "redis":
         overrides["store.url"] = request.getfixturevalue("redis_url")
     deferred = DeferredApp()
     with serve_wsgi(deferred) as (base, _shutdown):
         rp_key = ECKey.generate_key("P-256", private=True, auto_kid=True)
-        write_test_policy(tmp_path / "policies", base, rp_key)
+        write_test_policy(tmp_path / "policies", base, rp_key, _closed_port())
         demo = build_demo(base, policies=tmp_path / "policies", state_dir=tmp_path / "state",
                           overrides=overrides)
-        deferred.target = demo.app
+        fault_idps = {
+            f"/fault-idp/{fault}": create_idp_app(
+                f"{base}/fault-idp/{fault}", display_name=f"Storing {fault}",
+                accounts=DEMO_ACCOUNTS["gemeente-utrecht"], faults={fault},
+                clients=[DemoClient("idbroker", (f"{base}/upstream/{fault_org(fault)}/callback",),
+                                    jwks_uri=f"{base}/jwks.json")])
+            for fault in FAULTS
+        }
+        deferred.target = DispatcherMiddleware(demo.app, fault_idps)
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: an IdP that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

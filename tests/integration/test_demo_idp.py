@@ -460,7 +460,7 @@ def test_unknown_fault_is_refused(relying_party: RelyingParty) -> None:
 
 
 @contextmanager
-def demo_site(faults: tuple[str, ...] = ()) -> Iterator[str]:
+def demo_site(faults: tuple[str, ...] = ()) -> Iterator[tuple[str, Flask]]:
     """The demo topology: IdP and application mounted on one host:port, like ``idbroker demo``."""
     deferred = DeferredApp()
     with serve_wsgi(deferred) as (base, _):
@@ -475,7 +475,7 @@ def demo_site(faults: tuple[str, ...] = ()) -> Iterator[str]:
                                 jwks_uri=app_base + "/jwks.json")])
         deferred.target = DispatcherMiddleware(
             NotFound(), {MOUNT: idp_app, "/demo-app/wvggz": app})
-        yield app_base
+        yield app_base, app
 
 
 def browse_to_login(app_base: str) -> tuple[requests.Session, requests.Response]:
@@ -493,8 +493,14 @@ def browse_to_login(app_base: str) -> tuple[requests.Session, requests.Response]
     return browser, answer
 
 
+def logout_form_token(page: requests.Response) -> str:
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf
+    return csrf.group(1)
+
+
 def test_demo_application_logs_in_at_a_standard_op() -> None:
-    with demo_site() as app_base:
+    with demo_site() as (app_base, _):
         browser, home = browse_to_login(app_base)
         assert home.status_code == 200 and home.url == app_base + "/"
         text = html.unescape(home.text)
@@ -512,27 +518,71 @@ def test_demo_application_logs_in_at_a_standard_op() -> None:
         assert names == {"demoapp_demo-wvggz": "/demo-app/wvggz",
                          "demoidp_gemeente_utrecht": MOUNT}
 
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', home.text)
-        assert csrf
-        logged_out = browser.post(app_base + "/logout", data={"csrf_token": csrf.group(1)},
-                                  timeout=5)  # this OP has no end_session_endpoint
+        logged_out = browser.post(app_base + "/logout", timeout=5,
+                                  data={"csrf_token": logout_form_token(home)})
+        # this OP has no end_session_endpoint: the app only forgets the login
         assert logged_out.status_code == 200 and "Inloggen via idbroker" in logged_out.text
 
 
-@pytest.mark.parametrize(("fault", "shown"), [
-    ("wrong_iss_param", "(mix-up)"),
-    ("no_iss_param", "mist de parameter 'iss'"),
-    ("wrong_issuer", "Invalid claim: 'iss'"),
-    ("wrong_audience", "Invalid claim: 'aud'"),  # authlib skips aud unless told: the app tells
-    ("wrong_nonce", "Invalid claim: 'nonce'"),
-    ("rogue_signature", "bad_signature"),
-    ("alg_none", "Algorithm of 'none' is not allowed"),
-    ("hs256", "Algorithm of 'HS256' is not allowed"),
-    ("error_access_denied", "access_denied"),
-])
+def test_demo_application_rp_initiated_logout() -> None:
+    with demo_site() as (app_base, app):
+        browser, home = browse_to_login(app_base)
+        # pretend the OP advertises RP-initiated logout, as the broker does
+        broker = app.extensions["authlib.integrations.flask_client"].broker
+        end_session = broker.server_metadata["issuer"] + "/logout"
+        broker.server_metadata["end_session_endpoint"] = end_session
+        assert "Ingelogd als" in home.text
+        refused = browser.post(app_base + "/logout", data={"csrf_token": "forged"},
+                               allow_redirects=False, timeout=5)
+        assert refused.status_code == 400
+        answer = browser.post(app_base + "/logout", data={"csrf_token": logout_form_token(home)},
+                              allow_redirects=False, timeout=5)
+        assert answer.status_code == 302
+        location = answer.headers["Location"]
+        assert location.split("?")[0] == end_session
+        params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        assert params["post_logout_redirect_uri"] == app_base + "/"
+        assert params["client_id"] == "demo-wvggz" and params["state"]
+        assert jwt.decode(params["id_token_hint"], KeySet.import_key_set(
+            requests.get(broker.server_metadata["jwks_uri"], timeout=5).json())).claims[
+                "sub"] == JAN.sub
+        back = browser.get(app_base + "/", params={"state": params["state"]}, timeout=5)
+        assert "U bent uitgelogd." in back.text and "Inloggen via idbroker" in back.text
+        replayed = browser.get(app_base + "/", params={"state": params["state"]}, timeout=5)
+        assert "U bent uitgelogd." not in replayed.text
+
+
+#: What the demo application tells the user for each kind of bad answer from its OP.
+APP_REFUSALS = {
+    "wrong_iss_param": "(mix-up)",
+    "no_iss_param": "mist de parameter 'iss'",
+    "wrong_issuer": "Invalid claim: 'iss'",
+    "wrong_audience": "Invalid claim: 'aud'",  # authlib skips aud unless told: the app tells it
+    "wrong_nonce": "Invalid claim: 'nonce'",
+    "rogue_signature": "bad_signature",
+    "alg_none": "Algorithm of 'none' is not allowed",
+    "hs256": "Algorithm of 'HS256' is not allowed",
+    "error_access_denied": "access_denied",
+}
+
+
+def test_every_fault_is_tried_on_the_demo_application() -> None:
+    assert set(APP_REFUSALS) == FAULTS
+
+
+@pytest.mark.parametrize(("fault", "shown"), sorted(APP_REFUSALS.items()))
 def test_demo_application_refuses_bad_answers_on_a_friendly_page(fault: str, shown: str) -> None:
-    with demo_site(faults=(fault,)) as app_base:
+    with demo_site(faults=(fault,)) as (app_base, _):
         _, page = browse_to_login(app_base)
         assert page.status_code == 400
         assert shown in html.unescape(page.text)
         assert "Ingelogd als" not in page.text
+
+
+def test_demo_application_with_the_broker_down_shows_a_friendly_page() -> None:
+    with serve_wsgi(NotFound()) as (gone, shutdown):
+        shutdown()
+        app = create_client_app(title="Demo", client_id="demo", issuer=gone, base_url="http://app",
+                                private_key_pem=generate_demo_client_key())
+        page = app.test_client().get("/login")
+        assert page.status_code == 502 and "niet bereikbaar" in page.text

@@ -1,0 +1,206 @@
+"""Every bad request the foundation issue lists gets the right answer, never a token."""
+
+from __future__ import annotations
+
+import base64
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from tests.integration.conftest import BASIC_SECRET, FAULTS, Chain, fault_org
+from tests.support.browser import Browser
+
+
+def _callback_query(chain: Chain, url: str, browser: Browser | None = None) -> dict[str, list[str]]:
+    step = (browser or Browser()).go(url, stop_at=chain.rp_redirect)
+    assert step.url.startswith(chain.rp_redirect), step.body[:300]
+    return parse_qs(urlsplit(step.url).query)
+
+
+# -- /authorize: never redirect to an unverified URI ------------------------------------
+
+@pytest.mark.parametrize("params", [
+    {"client_id": "no-such-client"},
+    {"redirect_uri": "https://attacker.example/cb"},
+    {"redirect_uri": None},
+    {"redirect_uri": "{base}/test-rp/cb/extra"},
+])
+def test_unknown_client_or_unregistered_redirect_uri_shows_a_page(chain: Chain, params: dict) -> None:
+    params = {k: (v.format(base=chain.base) if isinstance(v, str) else v) for k, v in params.items()}
+    url, _ = chain.authorize_url(**params)
+    reply = requests.get(url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 400
+    assert "Location" not in reply.headers
+    assert "text/html" in reply.headers["Content-Type"]
+    assert "Inloggen is niet gelukt" in reply.text
+
+
+@pytest.mark.parametrize("params", [
+    {"code_challenge": None, "code_challenge_method": None},
+    {"code_challenge_method": "plain"},
+    {"code_challenge_method": None},
+    {"response_type": "token"},
+    {"scope": "profile"},
+])
+def test_bad_request_with_a_verified_redirect_uri_goes_back_with_an_error(chain: Chain, params: dict) -> None:
+    url, req = chain.authorize_url(**params)
+    reply = requests.get(url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 302
+    location = reply.headers["Location"]
+    assert location.startswith(chain.rp_redirect)
+    query = parse_qs(urlsplit(location).query)
+    assert query["error"][0] in {"invalid_request", "unsupported_response_type", "invalid_scope",
+                                 "unauthorized_client"}
+    assert query["state"] == [req["state"]]
+    assert query["iss"] == [chain.base]
+    assert "code" not in query
+
+
+def test_prompt_none_without_a_session_is_login_required(chain: Chain) -> None:
+    url, _ = chain.authorize_url(prompt="none")
+    reply = requests.get(url, allow_redirects=False, timeout=5)
+    assert parse_qs(urlsplit(reply.headers["Location"]).query)["error"] == ["login_required"]
+
+
+# -- /token: codes and client authentication --------------------------------------------
+
+def test_code_is_single_use(chain: Chain) -> None:
+    query, req, _ = chain.login()
+    assert chain.redeem(query["code"][0], req["verifier"]).status_code == 200
+    replay = chain.redeem(query["code"][0], req["verifier"])
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+
+
+def test_wrong_code_verifier_is_refused(chain: Chain) -> None:
+    query, _, _ = chain.login()
+    reply = chain.redeem(query["code"][0], "x" * 50)
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+
+
+def test_missing_code_verifier_is_refused(chain: Chain) -> None:
+    query, _, _ = chain.login()
+    reply = chain.redeem(query["code"][0], None)
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_request"
+
+
+def test_code_of_another_client_is_refused_and_burnt(chain: Chain) -> None:
+    query, req, _ = chain.login()
+    stolen = requests.post(f"{chain.base}/token", auth=(chain.basic_id, BASIC_SECRET), timeout=5, data={
+        "grant_type": "authorization_code", "code": query["code"][0],
+        "redirect_uri": chain.rp_redirect, "code_verifier": req["verifier"]})
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    # The rightful client cannot use it after the theft attempt either: it is gone.
+    assert chain.redeem(query["code"][0], req["verifier"]).json()["error"] == "invalid_grant"
+
+
+def test_redirect_uri_must_match_at_the_token_endpoint(chain: Chain) -> None:
+    query, req, _ = chain.login()
+    reply = chain.redeem(query["code"][0], req["verifier"], redirect_uri=chain.rp_redirect + "x")
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+
+
+def test_replayed_client_assertion_is_refused(chain: Chain) -> None:
+    first, req1, _ = chain.login()
+    second, req2, _ = chain.login()
+    assertion = chain.assertion()
+    assert chain.redeem(first["code"][0], req1["verifier"], assertion=assertion).status_code == 200
+    replay = chain.redeem(second["code"][0], req2["verifier"], assertion=assertion)
+    assert replay.json()["error"] == "invalid_client", replay.text
+    assert replay.status_code in (400, 401)
+
+
+@pytest.mark.parametrize("problem", ["foreign_key", "wrong_audience", "expired", "alg_none",
+                                     "hs256_with_public_key", "lives_too_long", "no_jti"])
+def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
+    query, req, _ = chain.login()
+    now = int(time.time())
+    if problem == "foreign_key":
+        other = ECKey.generate_key("P-256", private=True)
+        assertion = jwt.encode({"alg": "ES256", "kid": chain.rp_key.kid},
+                               {"iss": chain.rp_id, "sub": chain.rp_id, "aud": f"{chain.base}/token",
+                                "jti": "x1", "exp": now + 60}, other)
+    elif problem == "wrong_audience":
+        assertion = chain.assertion(aud="https://other.example/token")
+    elif problem == "expired":
+        assertion = chain.assertion(iat=now - 600, exp=now - 300)
+    elif problem == "lives_too_long":
+        assertion = chain.assertion(exp=now + 3600)
+    elif problem == "no_jti":
+        assertion = chain.assertion(jti=None)
+    else:
+        header = {"alg": "none" if problem == "alg_none" else "HS256", "kid": chain.rp_key.kid}
+        assertion = _unsigned(header, {"iss": chain.rp_id, "sub": chain.rp_id, "jti": "x2",
+                                       "aud": f"{chain.base}/token", "exp": now + 60})
+    reply = chain.redeem(query["code"][0], req["verifier"], assertion=assertion)
+    assert reply.json()["error"] == "invalid_client", reply.text
+    assert reply.status_code in (400, 401)  # RFC 6749 §5.2: 401 only with an Authorization header
+    assert "id_token" not in reply.text
+
+
+def _unsigned(header: dict, claims: dict) -> str:
+    import json
+
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{b64(header)}.{b64(claims)}.{'c2ln' if header['alg'] != 'none' else ''}"
+
+
+def test_wrong_client_secret_is_refused(chain: Chain) -> None:
+    reply = requests.post(f"{chain.base}/token", auth=(chain.basic_id, "wrong"), timeout=5,
+                          data={"grant_type": "authorization_code", "code": "x",
+                                "redirect_uri": chain.rp_redirect, "code_verifier": "x" * 43})
+    assert reply.status_code == 401 and reply.json()["error"] == "invalid_client"
+
+
+def test_client_may_not_use_another_authentication_method(chain: Chain) -> None:
+    # test-rp is registered for private_key_jwt; a secret gets it nowhere.
+    reply = requests.post(f"{chain.base}/token", auth=(chain.rp_id, "anything"), timeout=5,
+                          data={"grant_type": "authorization_code", "code": "x",
+                                "redirect_uri": chain.rp_redirect, "code_verifier": "x" * 43})
+    assert reply.status_code == 401 and reply.json()["error"] == "invalid_client"
+
+
+def test_userinfo_needs_a_valid_token(chain: Chain) -> None:
+    assert requests.get(f"{chain.base}/userinfo", timeout=5).status_code == 401
+    bad = requests.get(f"{chain.base}/userinfo", headers={"Authorization": "Bearer abc.def.ghi"},
+                       timeout=5)
+    assert bad.status_code == 401
+
+
+# -- the organisation's IdP misbehaves ----------------------------------------------------
+
+def test_unreachable_idp_gets_a_page_naming_the_organisation(chain: Chain) -> None:
+    step = Browser(organisation="offline").go(chain.authorize_url()[0], stop_at=chain.rp_redirect)
+    assert step.status == 502
+    assert "Gemeente Onbereikbaar" in step.body and "niet bereikbaar" in step.body
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_misbehaving_idp_gets_no_one_in(chain: Chain, fault: str) -> None:
+    browser = Browser(organisation=fault_org(fault))
+    step = browser.go(chain.authorize_url()[0], stop_at=chain.rp_redirect)
+    assert not step.url.startswith(chain.rp_redirect)
+    assert step.status in (400, 403)
+    assert f"Storing {fault}" in step.body
+    assert "idb_session" not in browser.http.cookies
+
+
+def test_state_mismatch_at_the_upstream_callback_is_refused(chain: Chain) -> None:
+    reply = requests.get(f"{chain.base}/upstream/gemeente-utrecht/callback",
+                         params={"code": "abc", "state": "forged"}, timeout=5)
+    assert reply.status_code == 400
+    assert "verlopen" in reply.text
+
+
+def test_login_transaction_is_bound_to_the_browser(chain: Chain) -> None:
+    url, _ = chain.authorize_url()
+    first = requests.get(url, allow_redirects=False, timeout=5)
+    chooser = first.headers["Location"]
+    other_browser = requests.get(chain.base + chooser if chooser.startswith("/") else chooser, timeout=5)
+    assert other_browser.status_code == 400
