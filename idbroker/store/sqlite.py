@@ -48,9 +48,7 @@ CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_
 class SqliteStore:
     """:class:`~idbroker.store.base.Store` in one SQLite file (``":memory:"`` for unit use)."""
 
-    def __init__(
-        self, path: str | Path, *, busy_timeout: float = 5.0, purge_every: float = 60.0
-    ) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0, purge_every: float = 60.0) -> None:
         """Nothing is opened yet: the first call creates parent directories and the file."""
         self._path = str(path)
         self._busy_timeout = busy_timeout
@@ -101,8 +99,7 @@ class SqliteStore:
         with self._db(write=True) as db:
             # fetchall() runs the statement to its end, which commits the delete.
             rows = db.execute(
-                "DELETE FROM entries WHERE namespace = :ns AND key = :key"
-                " RETURNING value, expires_at",
+                "DELETE FROM entries WHERE namespace = :ns AND key = :key RETURNING value, expires_at",
                 params,
             ).fetchall()
         if not rows:
@@ -163,9 +160,7 @@ class SqliteStore:
         return {"ns": namespace, "key": key, "now": time.time()}
 
     @classmethod
-    def _row(
-        cls, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None
-    ) -> dict[str, Any]:
+    def _row(cls, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> dict[str, Any]:
         params = cls._where(namespace, key)
         params["value"] = encode_value(value)
         params["exp"] = None if ttl is None else params["now"] + ttl

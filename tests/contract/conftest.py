@@ -37,6 +37,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactor
 
 @pytest.fixture
 def store(store_factory: StoreFactory) -> Iterator[Store]:
+    """A store object of the current backend, closed after the test."""
     opened = store_factory()
     yield opened
     opened.close()

@@ -22,12 +22,8 @@ def require_redis_server() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(
-                "redis-server is not installed, and CI must run the Redis tests", pytrace=False
-            )
-        pytest.skip(
-            "redis-server is not installed: run `make test` (it installs Debian's redis-server)"
-        )
+            pytest.fail("redis-server is not installed, and CI must run the Redis tests", pytrace=False)
+        pytest.skip("redis-server is not installed: run `make test` (it installs Debian's redis-server)")
     return binary
 
 

@@ -22,6 +22,7 @@ from idbroker.store.sqlite import SqliteStore
 def test_sqlite_urls_use_three_slashes_then_the_path(url: str, path: str) -> None:
     store = open_store(url)
     assert isinstance(store, SqliteStore)
+    assert isinstance(store, Store)
     assert store.path == path
 
 
