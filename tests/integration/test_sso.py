@@ -64,7 +64,7 @@ def test_idp_hint_and_login_hint_skip_the_chooser(chain: Chain) -> None:
 
 def test_logout_with_id_token_hint_ends_the_session_and_returns(chain: Chain) -> None:
     query, req, browser = chain.login()
-    id_token, claims = _id_token(chain, query, req)
+    id_token, _ = _id_token(chain, query, req)
     bye = f"{chain.base}/test-rp/bye"
     reply = browser.http.get(f"{chain.base}/logout?" + urlencode(
         {"id_token_hint": id_token, "post_logout_redirect_uri": bye, "state": "s1"}),
