@@ -16,7 +16,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from idbroker.demo.client_app import create_client_app, generate_demo_client_key
 from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
 
-DEMO_URL_VARIABLE = "IDBROKER_DEMO_URL"
+DEMO_URL_VARIABLE = "DEMO_BASE_URL"
 DEMO_PASSWORD = "demo"
 
 #: Demo staff per demo organisation; every password is ``demo``.
