@@ -87,7 +87,8 @@ def serve_forever(settings: Settings, *, bind: str | None = None, workers: int |
         "accesslog": "-",
         # Query strings carry codes: the access log shows the path only.
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
-        "forwarded_allow_ips": ",".join(settings.http.trusted_proxies) or "127.0.0.1",
+        # gunicorn must not read X-Forwarded-* on its own: idbroker.app.TrustedProxies decides.
+        "forwarded_allow_ips": "",
     }
 
     class _Server(BaseApplication):
