@@ -33,19 +33,19 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import (
     ClientMixin,
     InvalidClientError,
-    InvalidRequestError,
     TokenMixin,
 )
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import AuthorizationCodeMixin, UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from flask import Flask, Response, jsonify, render_template_string, request, session, url_for
 from joserfc.jwk import ECKey, KeySet
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from idbroker.oidc.provider import S256CodeChallenge
 
 __all__ = ["FAULTS", "DemoAccount", "DemoClient", "DemoIdP", "create_idp_app"]
 
@@ -424,20 +424,6 @@ class _CodeGrant(AuthorizationCodeGrant):
         return self.server.idp.accounts.get(authorization_code.username)
 
 
-class _RequiredS256(CodeChallenge):
-    """PKCE for every client, S256 only (authlib only insists for public clients)."""
-
-    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
-
-    def validate_code_challenge(self, grant: AuthorizationCodeGrant, redirect_uri: str) -> None:
-        data = grant.request.payload.data
-        if not data.get("code_challenge"):
-            raise InvalidRequestError("Missing 'code_challenge': PKCE is required.")
-        if data.get("code_challenge_method") != "S256":
-            raise InvalidRequestError("'code_challenge_method' must be S256.")
-        super().validate_code_challenge(grant, redirect_uri)
-
-
 class _OpenIDCode(OpenIDCode):
     """ID tokens: ES256 under the published key; the ID-token faults are applied here."""
 
@@ -629,7 +615,7 @@ def create_idp_app(issuer: str, *, display_name: str, accounts: Iterable[DemoAcc
     issuer_parameter = _Issuer(idp)
     server.register_extension(issuer_parameter)
     server.register_client_auth_method("private_key_jwt", _ClientAssertion(idp))
-    server.register_grant(_CodeGrant, [_RequiredS256(), _OpenIDCode(idp)])
+    server.register_grant(_CodeGrant, [S256CodeChallenge(), _OpenIDCode(idp)])
     protector = ResourceProtector()
     protector.register_token_validator(_BearerTokens(idp))
     server.register_endpoint(_UserInfo(idp, protector))
