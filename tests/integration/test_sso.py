@@ -130,3 +130,18 @@ def test_discovery_describes_the_profile(chain: Chain) -> None:
     keys = requests.get(metadata["jwks_uri"], timeout=5).json()["keys"]
     assert {k["alg"] for k in keys} == {"ES256", "RS256", "PS256"}
     assert all("d" not in k for k in keys)
+
+
+def test_demo_app_logout_ends_the_broker_session(chain: Chain) -> None:
+    browser = Browser()
+    home = browser.go(chain.demo.app_urls["wvggz-portaal"] + "login")
+    assert "Anna Jansen" in home.body
+    form_token = re.search(r'name="csrf_token" value="([^"]+)"', home.body).group(1)
+    after = browser.http.post(chain.demo.app_urls["wvggz-portaal"] + "logout",
+                              data={"csrf_token": form_token}, timeout=10)
+    assert after.url.startswith(chain.demo.app_urls["wvggz-portaal"]), after.url
+    assert "Anna Jansen" not in after.text
+    assert any(r.url.startswith(f"{chain.base}/logout") for r in after.history)
+    url, _ = chain.authorize_url(prompt="none")
+    silent = browser.http.get(url, allow_redirects=False, timeout=5)
+    assert "login_required" in silent.headers["Location"]
