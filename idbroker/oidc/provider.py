@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from authlib.common.encoding import urlsafe_b64encode
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
@@ -33,7 +35,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode, UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants.util import is_openid_scope
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
@@ -45,6 +47,7 @@ from idbroker.store import Store, secret_key
 #: Algorithms a client may sign its assertions with, by key type; never HS* or none.
 _ALGORITHMS_BY_KTY = {"EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"},
                       "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
+_MIN_REFETCH_INTERVAL = 30.0
 SCOPE_CLAIMS = {
     "profile": ("name", "given_name", "family_name", "employee_number"),
     "email": ("email",),
@@ -147,11 +150,12 @@ class ClientKeys:
         assert client.jwks_uri is not None
         with self._lock:
             cached = self._cache.get(client.id)
-        fresh_enough = cached is not None and time.monotonic() - cached[0] < self._ttl
-        if cached and (fresh_enough and (kid is None or any(k.kid == kid for k in cached[1].keys))):
-            return cached[1]
-        if cached and time.monotonic() - cached[0] < 30:  # a new kid refetches, at most twice a minute
-            return cached[1]
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            knows_kid = kid is None or any(k.kid == kid for k in cached[1].keys)
+            # Refetch when stale, or for a new kid (key rollover) at most every 30 seconds.
+            if (age < self._ttl and knows_kid) or age < _MIN_REFETCH_INTERVAL:
+                return cached[1]
         try:
             reply = requests.get(client.jwks_uri, timeout=self._timeout)
             reply.raise_for_status()
@@ -225,8 +229,6 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
 
 
 def _jws_header(token: str) -> dict[str, Any]:
-    from joserfc import jws
-
     try:
         return dict(jws.extract_compact(token.encode("ascii")).headers())
     except (JoseError, ValueError) as exc:
@@ -234,10 +236,6 @@ def _jws_header(token: str) -> dict[str, Any]:
 
 
 def _jws_claims(token: str) -> dict[str, Any]:
-    import json
-
-    from joserfc import jws
-
     try:
         return dict(json.loads(jws.extract_compact(token.encode("ascii")).payload))
     except (JoseError, ValueError, TypeError) as exc:
@@ -501,7 +499,5 @@ class Provider:
         alg = client.id_token_signed_response_alg
         if access_token:
             digest = hashlib.sha256(access_token.encode()).digest()
-            from authlib.common.encoding import urlsafe_b64encode
-
             claims["at_hash"] = urlsafe_b64encode(digest[:16]).decode().rstrip("=")
         return self.keys.sign(claims, alg=alg)
