@@ -145,3 +145,13 @@ def test_demo_app_logout_ends_the_broker_session(chain: Chain) -> None:
     url, _ = chain.authorize_url(prompt="none")
     silent = browser.http.get(url, allow_redirects=False, timeout=5)
     assert "login_required" in silent.headers["Location"]
+
+
+def test_chooser_offers_the_last_used_organisation_first(chain: Chain) -> None:
+    browser = Browser(username="p.devries", organisation="ggz-centraal")
+    chain.login(browser)
+    url, _ = chain.authorize_url(prompt="login")
+    chooser = browser.http.get(url, timeout=5)
+    links = re.findall(r'href="/login/[^"]+/organisation/([^"]+)"', chooser.text)
+    assert links[0] == "ggz-centraal"
+    assert "Laatst gebruikt" in chooser.text
