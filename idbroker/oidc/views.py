@@ -66,19 +66,22 @@ def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
     return not raw.isdigit() or time.time() - session.auth_time > int(raw)
 
 
-def authorization_response(params: dict[str, str], session: SsoSession) -> Response:
-    """Issue the code for a validated request on behalf of the session's person."""
+def authorization_response(params: dict[str, str], session: SsoSession,
+                           grant: Any = None) -> Response:
+    """Issue the code on behalf of the session's person. A request kept in a login
+    transaction is validated again, against the policy as it is now."""
     b = broker()
     profile = b.store.get("profile", session.sid) or {}
     user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time,
                       claims=profile)
-    oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
-    try:
-        grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
-    except OAuth2Error as error:
-        return authorization_error(error, params.get("ui_locales"))
+    if grant is None:
+        oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
+        try:
+            grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
+        except OAuth2Error as error:
+            return authorization_error(error, params.get("ui_locales"))
     response = b.provider.server.create_authorization_response(
-        request=oauth_request, grant_user=user, grant=grant)
+        request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])
     return response
 
@@ -90,7 +93,7 @@ def authorize() -> Response:
     b = broker()
     params = {key: request.values[key] for key in request.values}
     try:
-        b.provider.server.get_consent_grant(
+        grant = b.provider.server.get_consent_grant(
             request=StoredAuthorizationRequest(b.provider.endpoint("authorize"), params))
         _refuse_repeated_parameters()
     except OAuth2Error as error:
@@ -99,7 +102,7 @@ def authorize() -> Response:
     session = b.sessions.get(request.cookies.get(SESSION_COOKIE))
     fresh_login_needed = session is None or "login" in prompts or max_age_exceeded(params, session)
     if not fresh_login_needed and session is not None:
-        return authorization_response(params, session)
+        return authorization_response(params, session, grant)
     if "none" in prompts:
         from authlib.oidc.core.errors import LoginRequiredError
 

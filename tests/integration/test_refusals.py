@@ -204,3 +204,10 @@ def test_login_transaction_is_bound_to_the_browser(chain: Chain) -> None:
     chooser = first.headers["Location"]
     other_browser = requests.get(chain.base + chooser if chooser.startswith("/") else chooser, timeout=5)
     assert other_browser.status_code == 400
+
+
+def test_repeated_parameter_is_refused(chain: Chain) -> None:
+    url, _ = chain.authorize_url()
+    reply = requests.get(url + "&scope=openid+email", allow_redirects=False, timeout=5)
+    assert reply.status_code == 302
+    assert parse_qs(urlsplit(reply.headers["Location"]).query)["error"] == ["invalid_request"]
