@@ -95,7 +95,7 @@ def authorize() -> Response:
     try:
         grant = b.provider.server.get_consent_grant(
             request=StoredAuthorizationRequest(b.provider.endpoint("authorize"), params))
-        _refuse_repeated_parameters()
+        _refuse_repeated_parameters(grant.redirect_uri, params.get("state"))
     except OAuth2Error as error:
         return authorization_error(error, params.get("ui_locales"))
     prompts = params.get("prompt", "").split()
@@ -111,12 +111,16 @@ def authorize() -> Response:
     return start_login(params, force=session is not None)
 
 
-def _refuse_repeated_parameters() -> None:
+def _refuse_repeated_parameters(redirect_uri: str, state: str | None) -> None:
+    """RFC 6749 §3.1: no parameter twice. The error goes back to the client unless the
+    client or its redirect URI is the ambiguous one."""
     from authlib.oauth2.rfc6749 import InvalidRequestError
 
     for name in request.values:
         if len(request.values.getlist(name)) > 1:
-            raise InvalidRequestError(f"Parameter '{name}' is repeated.")
+            ambiguous = name in ("client_id", "redirect_uri")
+            raise InvalidRequestError(f"Parameter '{name}' is repeated.", state=state,
+                                      redirect_uri=None if ambiguous else redirect_uri)
 
 
 @bp.post("/token")

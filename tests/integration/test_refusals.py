@@ -211,3 +211,10 @@ def test_repeated_parameter_is_refused(chain: Chain) -> None:
     reply = requests.get(url + "&scope=openid+email", allow_redirects=False, timeout=5)
     assert reply.status_code == 302
     assert parse_qs(urlsplit(reply.headers["Location"]).query)["error"] == ["invalid_request"]
+
+
+def test_repeated_redirect_uri_is_refused_on_a_page(chain: Chain) -> None:
+    url, _ = chain.authorize_url()
+    reply = requests.get(url + "&redirect_uri=https%3A%2F%2Fattacker.example%2Fcb",
+                         allow_redirects=False, timeout=5)
+    assert reply.status_code == 400 and "Location" not in reply.headers
