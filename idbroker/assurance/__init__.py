@@ -1,0 +1,1 @@
+"""Assurance: levels of assurance and what upstream IdPs' statements are worth."""

@@ -1,0 +1,87 @@
+"""eIDAS levels of assurance, and what an upstream IdP's statement is worth to the broker.
+
+Pure code: no web framework, no I/O. An IdP's ``acr`` (OIDC) or ``AuthnContextClassRef``
+(SAML) is first translated with the IdP's own table or the built-in vocabularies, then
+capped at the level the policy trusts that IdP for. Anything unknown or untrusted counts
+as ``low`` — never higher — and every result carries the reason, for the audit record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Level(IntEnum):
+    """eIDAS levels, ordered so that comparison means "at least as strong"."""
+
+    LOW = 1
+    SUBSTANTIAL = 2
+    HIGH = 3
+
+    @property
+    def acr(self) -> str:
+        return f"http://eidas.europa.eu/LoA/{self.name.lower()}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Level:
+        """``low`` / ``substantial`` / ``high`` (as written in policies)."""
+        return cls[name.upper()]
+
+
+_DIGID = "urn:oasis:names:tc:SAML:2.0:ac:classes:"
+_ETOEGANG = "urn:etoegang:core:assurance-class:"
+
+#: The common Dutch and European vocabularies. DigiD Basis and Midden, and eHerkenning
+#: EH1 to EH2+, are below eIDAS substantial, so they give ``low``.
+BUILTIN_VOCABULARY: Mapping[str, Level] = {
+    Level.LOW.acr: Level.LOW,
+    Level.SUBSTANTIAL.acr: Level.SUBSTANTIAL,
+    Level.HIGH.acr: Level.HIGH,
+    _ETOEGANG + "loa1": Level.LOW,
+    _ETOEGANG + "loa2": Level.LOW,
+    _ETOEGANG + "loa2plus": Level.LOW,
+    _ETOEGANG + "loa3": Level.SUBSTANTIAL,
+    _ETOEGANG + "loa4": Level.HIGH,
+    _DIGID + "PasswordProtectedTransport": Level.LOW,  # DigiD Basis
+    _DIGID + "MobileTwoFactorContract": Level.LOW,  # DigiD Midden
+    _DIGID + "Smartcard": Level.SUBSTANTIAL,  # DigiD Substantieel
+    _DIGID + "SmartcardPKI": Level.HIGH,  # DigiD Hoog
+}
+
+
+@dataclass(frozen=True)
+class UpstreamAssurance:
+    """What the broker concludes from one upstream login, and why."""
+
+    raw: str | None
+    level: Level
+    reason: str
+
+
+def upstream_level(raw: str | None, *, trusted_up_to: Level | None,
+                   mapping: Mapping[str, Level] | None = None) -> UpstreamAssurance:
+    """The level the broker stands behind for an IdP's assurance statement ``raw``.
+
+    ``mapping`` (the IdP's own table) is consulted before the built-in vocabularies;
+    ``trusted_up_to`` is the highest level the policy trusts this IdP for (None: the IdP
+    is trusted for nothing beyond ``low``).
+    """
+    if not raw:
+        return UpstreamAssurance(raw, Level.LOW, "the IdP stated no level: counted as low")
+    claimed = (mapping or {}).get(raw)
+    source = "the IdP's mapping"
+    if claimed is None:
+        claimed, source = BUILTIN_VOCABULARY.get(raw), "the built-in vocabulary"
+    if claimed is None:
+        return UpstreamAssurance(raw, Level.LOW, f"unknown value {raw!r}: counted as low")
+    if trusted_up_to is None:
+        return UpstreamAssurance(raw, Level.LOW,
+                                 f"{source} says {claimed.name.lower()}, but the policy does not "
+                                 "trust this IdP's statements: counted as low")
+    if claimed > trusted_up_to:
+        return UpstreamAssurance(raw, trusted_up_to,
+                                 f"{source} says {claimed.name.lower()}; the policy trusts this IdP "
+                                 f"up to {trusted_up_to.name.lower()}")
+    return UpstreamAssurance(raw, claimed, f"{source} says {claimed.name.lower()}, trusted")
