@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, Response, redirect, request, url_for
 
+from idbroker.oidc.flow import authorization_response
 from idbroker.policy import Organisation, Policy
 from idbroker.sessions import LoginTransaction
 from idbroker.subjects import person_id
@@ -98,8 +99,6 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
 
 @bp.get("/upstream/<organisation_id>/callback")
 def callback(organisation_id: str) -> Response:
-    from idbroker.oidc.views import authorization_response
-
     b = broker()
     txn = _transaction(request.args.get("state", ""))
     if txn is None:
