@@ -89,7 +89,9 @@ class Sessions:
         if data is None:
             return None
         session = SsoSession(**data)
-        if not self._save(session):
+        ttl = self._ttl(session)
+        if ttl <= 0 or not self.store.touch(_SSO, session.key, ttl):
+            self.store.delete(_SSO, session.key)
             return None
         return session
 
@@ -102,11 +104,12 @@ class Sessions:
         if token:
             self.store.delete(_SSO, secret_key(token))
 
-    def _save(self, session: SsoSession) -> bool:
+    def _ttl(self, session: SsoSession) -> float:
+        """The idle timeout, cut short by the absolute limit (<= 0: the session is over)."""
         remaining = session.created_at + self.settings.absolute_timeout - time.time()
-        if remaining <= 0:
-            self.store.delete(_SSO, session.key)
-            return False
-        self.store.put(_SSO, session.key, asdict(session),
-                       min(self.settings.idle_timeout, remaining))
-        return True
+        return min(self.settings.idle_timeout, remaining)
+
+    def _save(self, session: SsoSession) -> None:
+        ttl = self._ttl(session)
+        if ttl > 0:
+            self.store.put(_SSO, session.key, asdict(session), ttl)

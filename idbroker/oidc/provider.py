@@ -142,11 +142,12 @@ class ClientKeys:
         self._timeout = timeout
         self._ttl = ttl
         self._cache: dict[str, tuple[float, KeySet]] = {}
+        self._inline: dict[str, tuple[dict[str, Any], KeySet]] = {}
         self._lock = threading.Lock()
 
     def key_set(self, client: ClientPolicy, kid: str | None) -> KeySet:
         if client.jwks is not None:
-            return KeySet.import_key_set(client.jwks)
+            return self._inline_key_set(client)
         assert client.jwks_uri is not None
         with self._lock:
             cached = self._cache.get(client.id)
@@ -167,6 +168,15 @@ class ClientKeys:
         with self._lock:
             self._cache[client.id] = (time.monotonic(), keys)
         return keys
+
+    def _inline_key_set(self, client: ClientPolicy) -> KeySet:
+        """Imported once per policy version, not on every token request."""
+        assert client.jwks is not None
+        cached = self._inline.get(client.id)
+        if cached is None or cached[0] is not client.jwks:
+            cached = (client.jwks, KeySet.import_key_set(client.jwks))
+            self._inline[client.id] = cached
+        return cached[1]
 
 
 def allowed_algorithms(key: Any) -> list[str]:
@@ -191,11 +201,17 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
     def get_audiences(self) -> list[str]:
         return [self.provider.issuer, self.provider.endpoint("token")]
 
-    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
-        client = self._client_from(assertion)
+    def process_assertion_claims(self, assertion: str, resolve_key: KeySet) -> dict[str, Any]:
+        """Verify under the one key the ``kid`` names and that key's own algorithm.
+
+        ``resolve_key`` is the client's key set, which authlib got from
+        :meth:`resolve_client_public_key` after finding the client by ``sub``.
+        """
         header = _jws_header(assertion)
-        key_set = self.provider.client_keys.key_set(client.policy, header.get("kid"))
-        candidates = [k for k in key_set.keys if header.get("kid") in (None, k.kid)]
+        kid = header.get("kid")
+        candidates = [k for k in resolve_key.keys if kid in (None, k.kid)]
+        if not candidates and kid is not None:  # key rollover: look at the client's keys again
+            candidates = [k for k in self._refreshed_keys(assertion, kid).keys if k.kid == kid]
         if len(candidates) != 1:
             raise InvalidClientError(description="No single client key matches the assertion's kid.")
         key = candidates[0]
@@ -211,13 +227,11 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             raise InvalidClientError(description="The client assertion lives too long.")
         return claims
 
-    def _client_from(self, assertion: str) -> Client:
-        # authlib has already resolved the client from ``sub`` and set it on the request
-        claims = _jws_claims(assertion)
-        client = self.provider.query_client(str(claims.get("sub")))
+    def _refreshed_keys(self, assertion: str, kid: str) -> KeySet:
+        client = self.provider.query_client(str(_jws_claims(assertion).get("sub")))
         if client is None:
             raise InvalidClientError(description="The client does not exist on this server.")
-        return client
+        return self.provider.client_keys.key_set(client.policy, kid)
 
     def resolve_client_public_key(self, client: Client) -> KeySet:
         return self.provider.client_keys.key_set(client.policy, None)

@@ -115,7 +115,8 @@ def test_replayed_client_assertion_is_refused(chain: Chain) -> None:
 
 
 @pytest.mark.parametrize("problem", ["foreign_key", "wrong_audience", "expired", "alg_none",
-                                     "hs256_with_public_key", "lives_too_long", "no_jti"])
+                                     "hs256_with_public_key", "lives_too_long", "no_jti",
+                                     "unknown_kid"])
 def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
     query, req, _ = chain.login()
     now = int(time.time())
@@ -132,6 +133,10 @@ def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
         assertion = chain.assertion(exp=now + 3600)
     elif problem == "no_jti":
         assertion = chain.assertion(jti=None)
+    elif problem == "unknown_kid":
+        assertion = jwt.encode({"alg": "ES256", "kid": "not-registered"},
+                               {"iss": chain.rp_id, "sub": chain.rp_id, "aud": f"{chain.base}/token",
+                                "jti": "x3", "exp": now + 60}, chain.rp_key)
     else:
         header = {"alg": "none" if problem == "alg_none" else "HS256", "kid": chain.rp_key.kid}
         assertion = _unsigned(header, {"iss": chain.rp_id, "sub": chain.rp_id, "jti": "x2",
