@@ -46,7 +46,7 @@ class SessionSettings(_Section):
 
 
 class TokenSettings(_Section):
-    code_lifetime: int = Field(60, ge=10, le=600)
+    code_lifetime: int = Field(60, ge=1, le=600)
     id_token_lifetime: int = Field(300, ge=60, le=3600)
     access_token_lifetime: int = Field(300, ge=60, le=3600)
     client_assertion_max_age: int = Field(300, ge=30, le=3600)

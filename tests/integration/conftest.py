@@ -11,6 +11,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,10 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
     (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
-    """One running chain per test module and store backend; tests keep apart by browser."""
-    tmp_path = tmp_path_factory.mktemp("chain")
-    overrides = {}
-    if request.param == "redis":
-        overrides["store.url"] = request.getfixturevalue("redis_url")
+@contextmanager
+def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Iterator[Chain]:
+    """The broker with the example policy, its demo IdPs and apps, the fault IdPs and the
+    test clients, served on a free loopback port until the block ends."""
     deferred = DeferredApp()
     with serve_wsgi(deferred) as (base, _shutdown):
         rp_key = ECKey.generate_key("P-256", private=True, auto_kid=True)
@@ -148,6 +146,23 @@ def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         }
         deferred.target = DispatcherMiddleware(demo.app, fault_idps)
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
+
+
+def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings that put the chain on the backend named by the fixture parameter."""
+    if request.param == "redis":
+        return {"store.url": request.getfixturevalue("redis_url")}
+    return {}
+
+
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """One running chain per test module and store backend; tests keep apart by browser."""
+    with running_chain(tmp_path_factory.mktemp("chain"), store_overrides(request)) as running:
+        yield running
 
 
 def _closed_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,7 +12,15 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from tests.integration.conftest import BASIC_SECRET, FAULTS, Chain, fault_org
+from tests.integration.conftest import (
+    BACKENDS,
+    BASIC_SECRET,
+    FAULTS,
+    Chain,
+    fault_org,
+    running_chain,
+    store_overrides,
+)
 from tests.support.browser import Browser
 
 
@@ -223,3 +232,19 @@ def test_repeated_redirect_uri_is_refused_on_a_page(chain: Chain) -> None:
     reply = requests.get(url + "&redirect_uri=https%3A%2F%2Fattacker.example%2Fcb",
                          allow_redirects=False, timeout=5)
     assert reply.status_code == 400 and "Location" not in reply.headers
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def quick_code_chain(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    """A chain whose codes live one second."""
+    overrides = store_overrides(request) | {"tokens.code_lifetime": 1}
+    with running_chain(tmp_path_factory.mktemp("quick"), overrides) as running:
+        yield running
+
+
+def test_expired_code_is_refused(quick_code_chain: Chain) -> None:
+    query, req, _ = quick_code_chain.login()
+    time.sleep(1.5)
+    reply = quick_code_chain.redeem(query["code"][0], req["verifier"])
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
