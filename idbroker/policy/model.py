@@ -8,60 +8,14 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-Identifier = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-SigningAlg = Literal["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"]
-OwnSigningAlg = Literal["ES256", "RS256", "PS256"]
-_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+from idbroker.policy.common import Identifier, OwnSigningAlg, StrictModel, check_web_url
+from idbroker.policy.idp import OidcIdp
 
 
-def check_web_url(value: str, *, what: str) -> str:
-    """https everywhere, http only on this machine; never a fragment or a wildcard."""
-    parts = urlsplit(value)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError(f"{what} must be an absolute http(s) URL")
-    if parts.scheme == "http" and parts.hostname not in _LOCAL_HOSTS:
-        raise ValueError(f"{what} must use https (http only for localhost)")
-    if parts.fragment or "*" in value:
-        raise ValueError(f"{what} must not contain a fragment or a wildcard")
-    return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OidcIdp(_Model):
-    """An organisation's OpenID Connect identity provider, as the broker's upstream."""
-
-    protocol: Literal["oidc"]
-    issuer: str
-    client_id: str
-    client_auth: Literal["private_key_jwt", "client_secret_basic"] = "private_key_jwt"
-    #: Name of the environment variable that holds the client secret (never in the policy).
-    client_secret_env: str | None = None
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
-    #: Signature algorithms accepted on this IdP's ID tokens; anything else is refused.
-    algorithms: tuple[SigningAlg, ...] = ("ES256", "RS256", "PS256")
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str) -> str:
-        return check_web_url(value, what="issuer")
-
-    @model_validator(mode="after")
-    def _secret_source(self) -> OidcIdp:
-        if self.client_auth == "client_secret_basic" and not self.client_secret_env:
-            raise ValueError("client_secret_basic needs client_secret_env (the secret's variable)")
-        if "openid" not in self.scopes:
-            raise ValueError("scopes must include 'openid'")
-        return self
-
-
-class Organisation(_Model):
+class Organisation(StrictModel):
     id: str = Identifier
     name: str = Field(min_length=1)
     kind: Literal["government", "private", "incidental"] = "private"
@@ -78,7 +32,7 @@ class Organisation(_Model):
         return value
 
 
-class ClientPolicy(_Model):
+class ClientPolicy(StrictModel):
     """A chain application: an OpenID Connect client of the broker."""
 
     id: str = Identifier
@@ -122,7 +76,7 @@ class ClientPolicy(_Model):
         return self.default_audience or self.id
 
 
-class Policy(_Model):
+class Policy(StrictModel):
     """Everything the broker enforces, loaded as one consistent, immutable whole."""
 
     organisations: dict[str, Organisation]
