@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests run for real (no mocks): Redis for the store contract tests.
-TEST_DEBIAN_PACKAGES := redis-server
+# xmlsec1: pysaml2's stock backend, the baseline of bench/saml_verify.py and the interop IdP.
+TEST_DEBIAN_PACKAGES := redis-server xmlsec1
+# What the demo needs from Debian: xmlsec1, so pysaml2's stock backend works as documented.
+DEMO_DEBIAN_PACKAGES := xmlsec1
+PACKAGES ?= $(TEST_DEBIAN_PACKAGES)
 
 .PHONY: demo test install lint system-packages clean
 
@@ -22,11 +26,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(DEMO_DEBIAN_PACKAGES)"
 	$(BIN)/idbroker demo
 
 # Installs missing Debian packages (as root, or through sudo when it is there).
 system-packages:
-	@missing=""; for p in $(TEST_DEBIAN_PACKAGES); do \
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -51,7 +51,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
     app = Flask(__name__)
     app.config.update(
-        MAX_CONTENT_LENGTH=64 * 1024,
+        # Room for a SAML Response with a long group list; anything larger is refused unread.
+        MAX_CONTENT_LENGTH=320 * 1024,
         SESSION_COOKIE_NAME="idb_flask",  # unused: all state is server-side
         TEMPLATES_AUTO_RELOAD=False,
     )

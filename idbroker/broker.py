@@ -10,10 +10,14 @@ from idbroker.config import Settings
 from idbroker.keys import KeyRing
 from idbroker.oidc.provider import Provider
 from idbroker.policy import Organisation, Policy, load_policy
+from idbroker.policy.idp import SamlIdp
 from idbroker.sessions import Sessions
 from idbroker.store import Store, open_store
 from idbroker.upstream.base import Connector
 from idbroker.upstream.oidc import OidcConnector
+from idbroker.upstream.saml.connector import SamlConnector, ServiceProvider
+from idbroker.upstream.saml.keys import KeyPair, ensure_key_pair
+from idbroker.upstream.saml.metadata import MetadataSource
 
 
 class Broker:
@@ -29,6 +33,7 @@ class Broker:
         self.provider = Provider(settings, lambda: self._policy, self.keys, self.store)
         self._connectors: dict[str, Connector] = {}
         self._lock = threading.Lock()
+        self._saml_keys: tuple[KeyPair, KeyPair] | None = None
 
     @property
     def policy(self) -> Policy:
@@ -43,11 +48,40 @@ class Broker:
             return connector
 
     def upstream_callback_url(self, organisation_id: str) -> str:
-        """One callback URL per IdP, so an answer can only be taken for the IdP it came from."""
+        """One callback URL per IdP, so an answer can only be taken for the IdP it came from.
+
+        SAML IdPs post to their organisation's assertion consumer service instead."""
+        organisation = self.policy.organisations.get(organisation_id)
+        if organisation is not None and isinstance(organisation.idp, SamlIdp):
+            return self.saml_acs_url(organisation_id)
         return f"{self.settings.issuer}/upstream/{organisation_id}/callback"
+
+    def saml_entity_id(self, organisation_id: str) -> str:
+        """The broker's SP entity id for one organisation: also the URL of its SP metadata."""
+        return f"{self.settings.issuer}/saml/{organisation_id}/metadata"
+
+    def saml_acs_url(self, organisation_id: str) -> str:
+        return f"{self.settings.issuer}/upstream/{organisation_id}/saml/acs"
+
+    def _sp_keys(self) -> tuple[KeyPair, KeyPair]:
+        """The SP's signing and encryption key pairs (one pair each, shared by every SAML IdP)."""
+        if self._saml_keys is None:
+            folder, name = self.settings.keys_dir, self.settings.issuer
+            self._saml_keys = (ensure_key_pair(folder, "saml-sp-signing", common_name=name),
+                               ensure_key_pair(folder, "saml-sp-encryption", common_name=name))
+        return self._saml_keys
 
     def _build_connector(self, organisation: Organisation) -> Connector:
         idp = organisation.idp
+        if isinstance(idp, SamlIdp):
+            signing, encryption = self._sp_keys()
+            sp = ServiceProvider(self.saml_entity_id(organisation.id), self.saml_acs_url(organisation.id),
+                                 signing, encryption)
+            metadata = MetadataSource(idp.metadata, entity_id=idp.entity_id,
+                                      policy_dir=Path(self.settings.policies_dir), store=self.store,
+                                      timeout=self.settings.http.upstream_timeout)
+            return SamlConnector(organisation, sp=sp, metadata=metadata, store=self.store,
+                                 clock_skew=self.settings.tokens.clock_skew)
         secret = os.environ.get(idp.client_secret_env) if idp.client_secret_env else None
 
         def client_key():

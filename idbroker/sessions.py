@@ -41,6 +41,8 @@ class SsoSession:
     created_at: float
     auth_time: int
     clients: list[str] = field(default_factory=list)
+    #: The eIDAS level the broker stands behind for this session (low/substantial/high).
+    level: str = "low"
 
 
 class Sessions:
@@ -61,10 +63,18 @@ class Sessions:
             return
         self.store.put(_LOGIN, secret_key(txn.id), asdict(txn), remaining)
 
-    def login(self, txn_id: str, browser: str | None) -> LoginTransaction | None:
-        """The transaction, if it exists and this browser started it."""
+    def login(self, txn_id: str, browser: str | None, *,
+              check_browser: bool = True) -> LoginTransaction | None:
+        """The transaction, if it exists and this browser started it.
+
+        ``check_browser=False`` only where the browser cannot show its cookie (a SAML
+        Response posted cross-site); the login is then finished where it can."""
+        if not txn_id:
+            return None
         data = self.store.get(_LOGIN, secret_key(txn_id))
-        if data is None or not browser or not hmac.compare_digest(data["browser"], secret_key(browser)):
+        if data is None:
+            return None
+        if check_browser and (not browser or not hmac.compare_digest(data["browser"], secret_key(browser))):
             return None
         return LoginTransaction(**data)
 
@@ -73,11 +83,12 @@ class Sessions:
 
     # -- single sign-on sessions -------------------------------------------------
 
-    def create(self, person: str, identity: dict[str, Any], auth_time: int) -> tuple[str, SsoSession]:
+    def create(self, person: str, identity: dict[str, Any], auth_time: int, *,
+               level: str = "low") -> tuple[str, SsoSession]:
         """A new session and the token for the browser's cookie."""
         token = secrets.token_urlsafe(32)
         session = SsoSession(secret_key(token), secrets.token_urlsafe(16), person, identity,
-                             time.time(), auth_time)
+                             time.time(), auth_time, level=level)
         self._save(session)
         return token, session
 

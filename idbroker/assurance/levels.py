@@ -51,6 +51,30 @@ BUILTIN_VOCABULARY: Mapping[str, Level] = {
 }
 
 
+#: Each vocabulary's value per level, as the broker asks for it (SAML ``RequestedAuthnContext``
+#: with comparison ``minimum``, or OIDC ``acr_values``). ``None``: the vocabulary has none.
+VOCABULARIES: Mapping[str, Mapping[Level, str]] = {
+    "eidas": {level: level.acr for level in Level},
+    "etoegang": {Level.LOW: _ETOEGANG + "loa2", Level.SUBSTANTIAL: _ETOEGANG + "loa3",
+                 Level.HIGH: _ETOEGANG + "loa4"},
+    "digid": {Level.LOW: _DIGID + "PasswordProtectedTransport", Level.SUBSTANTIAL: _DIGID + "Smartcard",
+              Level.HIGH: _DIGID + "SmartcardPKI"},
+}
+
+
+def request_values(wanted: Level, *, vocabulary: str | None,
+                   mapping: Mapping[str, Level] | None = None) -> tuple[str, ...]:
+    """Values that stand for at least ``wanted``, weakest first: the IdP's own table's
+    first, then the named vocabulary's."""
+    found: list[tuple[Level, str]] = sorted(
+        ((level, raw) for raw, level in (mapping or {}).items() if level >= wanted),
+        key=lambda item: item[0])
+    if vocabulary is not None:
+        found += [(level, raw) for level, raw in sorted(VOCABULARIES[vocabulary].items())
+                  if level >= wanted and raw not in {r for _, r in found}]
+    return tuple(raw for _, raw in found)
+
+
 @dataclass(frozen=True)
 class UpstreamAssurance:
     """What the broker concludes from one upstream login, and why."""

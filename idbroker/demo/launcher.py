@@ -15,8 +15,12 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from idbroker.demo.client_app import create_client_app, generate_demo_client_key
 from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
+from idbroker.demo.saml_idp import create_saml_idp_app
 
 DEMO_URL_VARIABLE = "DEMO_BASE_URL"
+#: Where the demo SAML IdPs keep their keys; the policy names their metadata certificate there.
+DEMO_KEYS_VARIABLE = "DEMO_KEYS_DIR"
+_LOA3 = "urn:etoegang:core:assurance-class:loa3"
 DEMO_PASSWORD = "demo"
 
 #: Demo staff per demo organisation; every password is ``demo``.
@@ -32,6 +36,13 @@ DEMO_ACCOUNTS: dict[str, tuple[DemoAccount, ...]] = {
                     "p.devries@ggzcentraal.demo", "5521", ("crisisdienst",)),
         DemoAccount("s.elmaci", DEMO_PASSWORD, "g-6610", "Sevda Elmaci",
                     "s.elmaci@ggzcentraal.demo", "6610", ("crisisdienst", "fact-team-oost")),
+    ),
+    # SAML: m.visser logs in with a password only, j.smit with the IdP's own MFA (eH loa3).
+    "veilig-thuis-utrecht": (
+        DemoAccount("m.visser", DEMO_PASSWORD, "vt-301", "Marieke Visser", "m.visser@veiligthuis.demo",
+                    "301", ("vt-team-west",)),
+        DemoAccount("j.smit", DEMO_PASSWORD, "vt-418", "Jeroen Smit", "j.smit@veiligthuis.demo",
+                    "418", ("vt-team-west", "vt-crisis"), acr=_LOA3),
     ),
 }
 
@@ -57,9 +68,11 @@ def build_demo(base_url: str, *, policies: Path, state_dir: Path,
     from idbroker.app import create_app
     from idbroker.config import load_settings
     from idbroker.policy import load_policy
+    from idbroker.policy.idp import SamlIdp
 
     os.environ[DEMO_URL_VARIABLE] = base_url
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ[DEMO_KEYS_VARIABLE] = str((state_dir / "keys").resolve())
     settings = load_settings(environ={}, overrides={
         "issuer": base_url,
         "policies_dir": str(policies.resolve()),
@@ -74,6 +87,16 @@ def build_demo(base_url: str, *, policies: Path, state_dir: Path,
     idp_urls: dict[str, str] = {}
     for organisation in policy.organisations.values():
         prefix = f"{base_url}/demo-idp/"
+        if isinstance(organisation.idp, SamlIdp):
+            idp_base = f"{prefix}{organisation.id}"
+            if organisation.idp.entity_id != idp_base + "/metadata" or organisation.id not in DEMO_ACCOUNTS:
+                continue
+            mounts[idp_base.removeprefix(base_url)] = create_saml_idp_app(
+                idp_base, display_name=organisation.name, accounts=DEMO_ACCOUNTS[organisation.id],
+                sp_metadata_url=f"{base_url}/saml/{organisation.id}/metadata",
+                keys_dir=state_dir / "keys")
+            idp_urls[organisation.id] = organisation.idp.entity_id
+            continue
         if not organisation.idp.issuer.startswith(prefix) or organisation.id not in DEMO_ACCOUNTS:
             continue
         broker_client = DemoClient(

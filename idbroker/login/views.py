@@ -6,11 +6,13 @@ import time
 
 from flask import Blueprint, Response, redirect, request, url_for
 
-from idbroker.oidc.flow import authorization_response
+from idbroker.assurance.levels import upstream_level
+from idbroker.oidc.flow import authorization_response, required_level
 from idbroker.policy import Organisation, Policy
+from idbroker.policy.idp import SamlIdp
 from idbroker.sessions import LoginTransaction
 from idbroker.subjects import person_id
-from idbroker.upstream.base import UpstreamError
+from idbroker.upstream.base import UpstreamError, UpstreamIdentity
 from idbroker.web import (
     ORGANISATION_COOKIE,
     SESSION_COOKIE,
@@ -84,7 +86,8 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
         hand_off = b.connector(organisation).begin(
             redirect_uri=b.upstream_callback_url(organisation.id), state=txn.id,
             login_hint=txn.params.get("login_hint"),
-            force_login="login" in txn.params.get("prompt", "").split())
+            force_login="login" in txn.params.get("prompt", "").split(),
+            wanted=required_level(txn.params))
     except UpstreamError as error:
         log.warning("upstream %s failed at start: %s", organisation.id, error)
         return error_page(f"err_upstream_{error.reason}", status=502, organisation=organisation.name,
@@ -99,37 +102,109 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
 
 @bp.get("/upstream/<organisation_id>/callback")
 def callback(organisation_id: str) -> Response:
+    """The OIDC IdP's answer: verified and finished in this one browser request."""
+    found = _returning_login(request.args.get("state", ""), organisation_id, bound_to_browser=True)
+    if isinstance(found, Response):
+        return found
+    txn, organisation = found
+    identity = _complete_upstream(txn, organisation, request.args.to_dict())
+    if isinstance(identity, Response):
+        return identity
+    return _finish_login(txn, organisation, identity)
+
+
+@bp.post("/upstream/<organisation_id>/saml/acs")
+def saml_acs(organisation_id: str) -> Response:
+    """The SAML IdP's Response, posted cross-site: the browser's SameSite cookies are not
+    sent, so the answer is verified here against the login named by RelayState and the
+    login is finished by a same-site redirect, where the browser binding is checked."""
+    found = _returning_login(request.form.get("RelayState", ""), organisation_id, bound_to_browser=False)
+    if isinstance(found, Response):
+        return found
+    txn, organisation = found
+    identity = _complete_upstream(txn, organisation, request.form.to_dict())
+    if isinstance(identity, Response):
+        return identity
+    txn.upstream = {**txn.upstream, "identity": identity.to_dict()}
+    broker().sessions.save_login(txn)
+    return redirect(url_for("login.saml_done", organisation_id=organisation.id, state=txn.id), code=303)
+
+
+@bp.get("/upstream/<organisation_id>/saml/done")
+def saml_done(organisation_id: str) -> Response:
+    found = _returning_login(request.args.get("state", ""), organisation_id, bound_to_browser=True)
+    if isinstance(found, Response):
+        return found
+    txn, organisation = found
+    verified = txn.upstream.get("identity")
+    if not verified:
+        log.warning("SAML login %s finished without a verified response", organisation_id)
+        broker().sessions.end_login(txn)
+        return error_page("err_login_expired", status=400)
+    return _finish_login(txn, organisation, UpstreamIdentity.from_dict(verified))
+
+
+@bp.get("/saml/<organisation_id>/metadata")
+def saml_metadata(organisation_id: str) -> Response:
+    """The broker's SP metadata for one organisation's SAML IdP (its entity id is this URL)."""
     b = broker()
-    txn = _transaction(request.args.get("state", ""))
+    organisation = b.policy.organisations.get(organisation_id)
+    if organisation is None or not isinstance(organisation.idp, SamlIdp):
+        return error_page("err_unknown_organisation", status=404)
+    response = Response(b.connector(organisation).sp_metadata(), mimetype="application/samlmetadata+xml")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+def _returning_login(txn_id: str, organisation_id: str, *,
+                     bound_to_browser: bool) -> tuple[LoginTransaction, Organisation] | Response:
+    """The login an IdP's answer belongs to, or the page that says it cannot be used."""
+    b = broker()
+    txn = (_transaction(txn_id) if bound_to_browser
+           else b.sessions.login(txn_id, None, check_browser=False))
     if txn is None:
-        log.warning("upstream callback for %s with an unknown state or another browser's login",
-                    organisation_id)
+        log.warning("upstream answer for %s with an unknown state or another browser's login "
+                    "(or IdP-initiated)", organisation_id)
         return error_page("err_login_expired", status=400)
     organisation = b.policy.organisations.get(organisation_id)
     if organisation is None or txn.organisation != organisation_id:
-        log.warning("upstream callback at %s for a login sent to %s (mix-up)", organisation_id,
+        log.warning("upstream answer at %s for a login sent to %s (mix-up)", organisation_id,
                     txn.organisation)
         b.sessions.end_login(txn)
         return error_page("err_login_expired", status=400)
-    locale_hint = txn.params.get("ui_locales")
+    return txn, organisation
+
+
+def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
+                       answer: dict[str, str]) -> UpstreamIdentity | Response:
+    b = broker()
     try:
-        identity = b.connector(organisation).complete(
-            redirect_uri=b.upstream_callback_url(organisation.id),
-            response=request.args.to_dict(), kept=txn.upstream)
+        return b.connector(organisation).complete(
+            redirect_uri=b.upstream_callback_url(organisation.id), response=answer, kept=txn.upstream)
     except UpstreamError as error:
         log.warning("upstream %s refused: %s", organisation.id, error)
         b.sessions.end_login(txn)
         status = 502 if error.reason == "unreachable" else 400 if error.reason == "invalid" else 403
         return error_page(f"err_upstream_{error.reason}", status=status,
-                          organisation=organisation.name, locale_hint=locale_hint)
+                          organisation=organisation.name, locale_hint=txn.params.get("ui_locales"))
+
+
+def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: UpstreamIdentity) -> Response:
+    b = broker()
     now = int(time.time())
     upstream_time = identity.auth_time if isinstance(identity.auth_time, int) else now
+    assurance = organisation.idp.assurance
+    level = upstream_level(identity.upstream_acr, trusted_up_to=assurance.trusted_level,
+                           mapping=assurance.table)
     person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
-    token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now))
+    token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),
+                                       level=level.level.name.lower())
     b.provider.remember_profile(session.sid, {name: identity.attributes[name]
                                               for name in PROFILE_CLAIMS if name in identity.attributes})
     b.sessions.end_login(txn)
-    log.info("login person=%s organisation=%s sid=%s", person, organisation.id, session.sid)
+    log.info("login person=%s organisation=%s sid=%s upstream_acr=%r level=%s (%s)", person,
+             organisation.id, session.sid, identity.upstream_acr, level.level.name.lower(), level.reason)
     response = authorization_response(txn.params, session)
     set_cookie(response, SESSION_COOKIE, token)
     return response
+

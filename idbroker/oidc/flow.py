@@ -14,9 +14,16 @@ from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import Response
 
+from idbroker.assurance.levels import Level
 from idbroker.oidc.provider import BrokerUser
 from idbroker.sessions import SsoSession
 from idbroker.web import broker, error_page, log
+
+
+class UnmetAuthenticationRequirements(OAuth2Error):
+    """OpenID Connect Core 1.0 errata / RFC 9470: the login cannot reach the level asked."""
+
+    error = "unmet_authentication_requirements"
 
 
 class StoredAuthorizationRequest(OAuth2Request):
@@ -58,20 +65,35 @@ def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
     return not raw.isdigit() or time.time() - session.auth_time > int(raw)
 
 
+def required_level(params: dict[str, str]) -> Level | None:
+    """The strongest eIDAS level the client asks for in ``acr_values`` (other values are
+    not ours to interpret, and ``acr_values`` is a wish list)."""
+    wanted = [level for level in Level if level.acr in params.get("acr_values", "").split()]
+    return max(wanted) if wanted else None
+
+
 def authorization_response(params: dict[str, str], session: SsoSession,
                            grant: Any = None) -> Response:
     """Issue the code on behalf of the session's person. A request kept in a login
-    transaction is validated again, against the policy as it is now."""
+    transaction is validated again, against the policy as it is now. The code's ``acr`` is
+    the level the session has proven, and a login below the level asked for gets no code."""
     b = broker()
     profile = b.store.get("profile", session.sid) or {}
+    achieved = Level.from_name(session.level)
     user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time,
-                      claims=profile)
+                      claims=profile, acr=achieved.acr)
     if grant is None:
         oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
         try:
             grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
         except OAuth2Error as error:
             return authorization_error(error, params.get("ui_locales"))
+    wanted = required_level(params)
+    if wanted is not None and achieved < wanted:
+        log.info("login below the required level: %s < %s", achieved.name.lower(), wanted.name.lower())
+        return authorization_error(UnmetAuthenticationRequirements(
+            f"this login reached eIDAS {achieved.name.lower()}, {wanted.name.lower()} was required",
+            state=params.get("state"), redirect_uri=params.get("redirect_uri")), params.get("ui_locales"))
     response = b.provider.server.create_authorization_response(
         request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from idbroker.policy.common import Identifier, OwnSigningAlg, StrictModel, check_web_url
-from idbroker.policy.idp import OidcIdp
+from idbroker.policy.idp import OidcIdp, SamlIdp
 
 
 class Organisation(StrictModel):
@@ -21,7 +21,7 @@ class Organisation(StrictModel):
     kind: Literal["government", "private", "incidental"] = "private"
     #: E-mail domains that send a ``login_hint`` straight to this organisation.
     domains: tuple[str, ...] = ()
-    idp: OidcIdp
+    idp: OidcIdp | SamlIdp = Field(discriminator="protocol")
 
     @field_validator("domains")
     @classmethod

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from idbroker.assurance.levels import Level
+
 
 @dataclass(frozen=True)
 class UpstreamIdentity:
@@ -73,8 +75,12 @@ class Connector(Protocol):
     """One organisation's IdP. ``kept`` travels in the server-side login transaction."""
 
     def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
-              force_login: bool = False) -> UpstreamRedirect:
-        """Start a login at the IdP; ``state`` comes back at the callback to find the login."""
+              force_login: bool = False, wanted: Level | None = None) -> UpstreamRedirect:
+        """Start a login at the IdP; ``state`` comes back at the callback to find the login.
+
+        ``wanted``: the level the login needs; the connector asks the IdP for it where the
+        policy trusts the IdP for that level (OIDC ``acr_values``, SAML
+        ``RequestedAuthnContext``), and asks for nothing otherwise."""
 
     def complete(
         self, *, redirect_uri: str, response: Mapping[str, str], kept: Mapping[str, Any]

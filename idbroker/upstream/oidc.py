@@ -22,13 +22,13 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
+from idbroker.assurance.levels import Level
+from idbroker.policy.idp import OidcIdp
 from idbroker.policy.model import Organisation
 from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
 
 _METADATA_TTL = 3600.0
 _JWKS_REFRESH_MIN_INTERVAL = 60.0
-#: Profile claims the broker keeps from an upstream ID token (data minimisation).
-_KEPT_CLAIMS = ("name", "given_name", "family_name", "email", "employee_number", "groups")
 
 
 class OidcConnector:
@@ -43,8 +43,10 @@ class OidcConnector:
         timeout: float = 5.0,
         clock_skew: int = 60,
     ) -> None:
+        if not isinstance(organisation.idp, OidcIdp):
+            raise TypeError("OidcConnector needs an OpenID Connect IdP")
         self.organisation = organisation
-        self.idp = organisation.idp
+        self.idp: OidcIdp = organisation.idp
         self._client_key = client_key
         self._client_secret = client_secret
         self._timeout = timeout
@@ -58,12 +60,15 @@ class OidcConnector:
     # -- the protocol ------------------------------------------------------------
 
     def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
-              force_login: bool = False) -> UpstreamRedirect:
+              force_login: bool = False, wanted: Level | None = None) -> UpstreamRedirect:
         metadata = self._discover()
         nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
         extra = {"login_hint": login_hint} if login_hint else {}
         if force_login:
             extra["prompt"] = "login"
+        values = self.idp.assurance.values_to_request(wanted)
+        if values:
+            extra["acr_values"] = " ".join(values)
         session = OAuth2Session(self.idp.client_id, scope=" ".join(self.idp.scopes),
                                 redirect_uri=redirect_uri, code_challenge_method="S256")
         url, _ = session.create_authorization_url(
@@ -87,11 +92,16 @@ class OidcConnector:
             raise UpstreamError("invalid", "no code in the authorization response")
         token = self._exchange(metadata, code, redirect_uri, kept["verifier"])
         claims = self._validate_id_token(token.get("id_token"), kept["nonce"])
+        mapping = self.idp.attributes
+        subject = claims.get(mapping.subject)
+        if not isinstance(subject, str) or not subject:
+            raise UpstreamError("invalid", f"ID token has no subject claim {mapping.subject!r}")
         return UpstreamIdentity(
             organisation=self.organisation.id,
             issuer=self.idp.issuer,
-            subject=claims["sub"],
-            attributes={name: claims[name] for name in _KEPT_CLAIMS if name in claims},
+            subject=subject,
+            attributes={field: claims[source] for field, source in mapping.fields().items()
+                        if source in claims},
             upstream_acr=claims.get("acr"),
             amr=tuple(claims.get("amr") or ()),
             auth_time=claims.get("auth_time"),

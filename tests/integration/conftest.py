@@ -25,6 +25,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from idbroker.demo.idp import DemoClient, create_idp_app
 from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
+from idbroker.demo.saml_idp import SAML_FAULTS, create_saml_idp_app
 from tests.support.browser import Browser
 from tests.support.wsgi_server import DeferredApp, serve_wsgi
 
@@ -100,7 +101,26 @@ def fault_org(fault: str) -> str:
     return "fault-" + fault.replace("_", "-")
 
 
-def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: int) -> None:
+def saml_fault_org(fault: str) -> str:
+    return "saml-fault-" + fault.replace("_", "-")
+
+
+#: A SAML organisation whose metadata is a file in the policy directory (written once its
+#: IdP has made its keys), trusted for nothing: the broker must never ask it for a level.
+SAML_FILE_ORG = "saml-bestand"
+
+
+def _saml_idp(base: str, path: str, state_dir: Path) -> dict[str, Any]:
+    return {"protocol": "saml", "entity_id": f"{base}{path}/metadata",
+            "metadata": {"url": f"{base}{path}/metadata",
+                         "certificate": str(state_dir / "keys" / f"{path.strip('/').replace('/', '-')}"
+                                                                 "-signing.crt")},
+            "require_encrypted_assertions": True,
+            "assurance": {"trusted_up_to": "substantial", "vocabulary": "etoegang"}}
+
+
+def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: int,
+                      state_dir: Path) -> None:
     shutil.copytree(REPO / "policies", policy_dir)
     organisations = [
         {"id": fault_org(fault), "name": f"Storing {fault}",
@@ -108,6 +128,14 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
                  "algorithms": ["ES256"]}}
         for fault in FAULTS
     ]
+    organisations += [
+        {"id": saml_fault_org(fault), "name": f"SAML-storing {fault}",
+         "idp": _saml_idp(base, f"/saml-fault-idp/{fault}", state_dir)}
+        for fault in sorted(SAML_FAULTS)
+    ]
+    organisations.append({"id": SAML_FILE_ORG, "name": "Zorgaanbieder Bestand", "idp": {
+        "protocol": "saml", "entity_id": f"{base}/saml-file-idp/metadata",
+        "metadata": {"file": "saml-file-idp.xml"}}})
     organisations.append({"id": "offline", "name": "Gemeente Onbereikbaar", "idp": {
         "protocol": "oidc", "issuer": f"http://127.0.0.1:{closed_port}/idp", "client_id": "idbroker"}})
     (policy_dir / "test-organisations.yaml").write_text(
@@ -133,8 +161,9 @@ def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> It
     deferred = DeferredApp()
     with serve_wsgi(deferred) as (base, _shutdown):
         rp_key = ECKey.generate_key("P-256", private=True, auto_kid=True)
-        write_test_policy(tmp_path / "policies", base, rp_key, _closed_port())
-        demo = build_demo(base, policies=tmp_path / "policies", state_dir=tmp_path / "state",
+        state_dir = tmp_path / "state"
+        write_test_policy(tmp_path / "policies", base, rp_key, _closed_port(), state_dir)
+        demo = build_demo(base, policies=tmp_path / "policies", state_dir=state_dir,
                           overrides=overrides)
         fault_idps = {
             f"/fault-idp/{fault}": create_idp_app(
@@ -144,6 +173,18 @@ def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> It
                                     jwks_uri=f"{base}/jwks.json")])
             for fault in FAULTS
         }
+        saml_accounts = DEMO_ACCOUNTS["veilig-thuis-utrecht"]
+        for fault in SAML_FAULTS:
+            fault_idps[f"/saml-fault-idp/{fault}"] = create_saml_idp_app(
+                f"{base}/saml-fault-idp/{fault}", display_name=f"SAML-storing {fault}",
+                accounts=saml_accounts, sp_metadata_url=f"{base}/saml/{saml_fault_org(fault)}/metadata",
+                keys_dir=state_dir / "keys", faults={fault})
+        file_idp = create_saml_idp_app(
+            f"{base}/saml-file-idp", display_name="Zorgaanbieder Bestand", accounts=saml_accounts,
+            sp_metadata_url=f"{base}/saml/{SAML_FILE_ORG}/metadata", keys_dir=state_dir / "keys")
+        (tmp_path / "policies" / "saml-file-idp.xml").write_bytes(
+            file_idp.extensions["demo_saml_idp"].metadata_xml())
+        fault_idps["/saml-file-idp"] = file_idp
         deferred.target = DispatcherMiddleware(demo.app, fault_idps)
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
 

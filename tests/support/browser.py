@@ -1,5 +1,5 @@
 """A scripted browser over plain HTTP: follows redirects, keeps cookies, fills the forms
-of the organisation chooser and the demo IdP's login page."""
+of the organisation chooser and the demo IdPs' login pages, and posts SAML Responses on."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ class Browser:
     organisation: str | None = "gemeente-utrecht"
     http: requests.Session = field(default_factory=requests.Session)
     history: list[Step] = field(default_factory=list)
+    #: The last SAML Response form this browser posted on (action URL, fields), for replays.
+    saml_posts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def go(self, url: str, *, stop_at: str | None = None, max_steps: int = 25) -> Step:
         """Follow the journey from ``url`` until a page needs no further action, or the
@@ -58,6 +60,10 @@ class Browser:
                     return urljoin(url, unescape(href)), "GET", None
             raise AssertionError(f"organisation {self.organisation} not offered")
         form = _FORM.search(body)
+        if form and 'name="SAMLResponse"' in body:
+            target, fields = urljoin(url, unescape(form.group(1))), dict(_HIDDEN.findall(body))
+            self.saml_posts.append((target, fields))
+            return target, "POST", fields
         if form and 'name="password"' in body and self.history[-1].status == 200:
             fields = dict(_HIDDEN.findall(body))
             fields.update(username=self.username, password=self.password)
