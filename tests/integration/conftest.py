@@ -23,7 +23,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from idbroker.demo.idp import DemoClient, create_idp_app
+from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
 from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
 from idbroker.demo.saml_idp import SAML_FAULTS, create_saml_idp_app
 from tests.support.browser import Browser
@@ -105,6 +105,13 @@ def saml_fault_org(fault: str) -> str:
     return "saml-fault-" + fault.replace("_", "-")
 
 
+#: An OIDC organisation the policy trusts up to substantial (eIDAS vocabulary); its staff
+#: log in with the IdP's own second factor when asked (the demo account carries that acr).
+TRUSTED_OIDC_ORG = "ggd-vertrouwd"
+TRUSTED_OIDC_ACCOUNTS = (DemoAccount("t.devos", "demo", "ggd-77", "Tess de Vos", "t.devos@ggd.demo", "77",
+                                     ("ggd-crisis",), acr="http://eidas.europa.eu/LoA/substantial",
+                                     amr=("pwd", "otp")),)
+
 #: A SAML organisation whose metadata is a file in the policy directory (written once its
 #: IdP has made its keys), trusted for nothing: the broker must never ask it for a level.
 SAML_FILE_ORG = "saml-bestand"
@@ -133,6 +140,9 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
          "idp": _saml_idp(base, f"/saml-fault-idp/{fault}", state_dir)}
         for fault in sorted(SAML_FAULTS)
     ]
+    organisations.append({"id": TRUSTED_OIDC_ORG, "name": "GGD Vertrouwd", "idp": {
+        "protocol": "oidc", "issuer": f"{base}/trusted-idp", "client_id": "idbroker", "algorithms": ["ES256"],
+        "assurance": {"trusted_up_to": "substantial", "vocabulary": "eidas"}}})
     organisations.append({"id": SAML_FILE_ORG, "name": "Zorgaanbieder Bestand", "idp": {
         "protocol": "saml", "entity_id": f"{base}/saml-file-idp/metadata",
         "metadata": {"file": "saml-file-idp.xml"}}})
@@ -185,6 +195,10 @@ def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> It
         (tmp_path / "policies" / "saml-file-idp.xml").write_bytes(
             file_idp.extensions["demo_saml_idp"].metadata_xml())
         fault_idps["/saml-file-idp"] = file_idp
+        fault_idps["/trusted-idp"] = create_idp_app(
+            f"{base}/trusted-idp", display_name="GGD Vertrouwd", accounts=TRUSTED_OIDC_ACCOUNTS,
+            clients=[DemoClient("idbroker", (f"{base}/upstream/{TRUSTED_OIDC_ORG}/callback",),
+                                jwks_uri=f"{base}/jwks.json")])
         deferred.target = DispatcherMiddleware(demo.app, fault_idps)
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
 

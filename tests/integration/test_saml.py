@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from idbroker.demo.saml_idp import SAML_FAULTS
-from tests.integration.conftest import SAML_FILE_ORG, Chain, saml_fault_org
+from tests.integration.conftest import SAML_FILE_ORG, TRUSTED_OIDC_ORG, Chain, saml_fault_org
 from tests.support.browser import Browser
 
 VT = "veilig-thuis-utrecht"
@@ -239,3 +239,21 @@ def test_malformed_response_gets_a_clear_page_not_a_500(chain: Chain, saml_respo
     else:
         assert reply.status_code == 400
         assert "Veilig Thuis Utrecht" in reply.text
+
+
+def test_trusted_oidc_idp_is_asked_with_acr_values_and_its_answer_counts(chain: Chain) -> None:
+    browser = Browser(username="t.devos", organisation=TRUSTED_OIDC_ORG)
+    query, request, _ = chain.login(browser, acr_values=SUBSTANTIAL)
+    upstream = next(step.url for step in browser.history if step.url.startswith(f"{chain.base}/trusted-idp/"))
+    assert parse_qs(urlsplit(upstream).query)["acr_values"] == [
+        "http://eidas.europa.eu/LoA/substantial http://eidas.europa.eu/LoA/high"]
+    claims = _claims(chain.redeem(query["code"][0], request["verifier"]).json()["id_token"])
+    assert claims["acr"] == SUBSTANTIAL
+
+
+def test_untrusted_oidc_idp_is_not_asked_for_a_level(chain: Chain) -> None:
+    browser = Browser(username="a.jansen", organisation="gemeente-utrecht")
+    query, _, _ = chain.login(browser, acr_values=SUBSTANTIAL)
+    upstream = next(step.url for step in browser.history if "/demo-idp/gemeente-utrecht/" in step.url)
+    assert "acr_values" not in parse_qs(urlsplit(upstream).query)
+    assert query["error"] == ["unmet_authentication_requirements"]
