@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_commands.add_parser("rotate", help="add new signing keys; old ones stay published")
     keys_commands.add_parser("list", help="show the published keys")
 
+    from idbroker.assurance import cli as enrol_cli
+
+    enrol_cli.add_parser(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -51,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return _keys(settings, args.keys_command)
+        if args.command == "enrol":
+            return enrol_cli.run(settings, args)
         return serve_forever(settings, bind=args.bind, workers=args.workers)
     except (ConfigError, PolicyError) as error:
         print(f"idbroker: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ until every token it signed has expired.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -27,8 +28,9 @@ SIGNING_ALGORITHMS = ("ES256", "RS256", "PS256")
 DEFAULT_ALGORITHM = "ES256"
 _SIGNING_FILE = "signing-keys.json"
 _SECRETS_FILE = "secrets.json"
-#: subject_salt: person identifiers; csrf_key: form tokens. Shared by all instances.
-_SECRET_NAMES = ("subject_salt", "csrf_key")
+#: subject_salt: person identifiers; csrf_key: form tokens; factor_key: encrypts TOTP secrets
+#: at rest (idbroker.assurance.totp). Shared by all instances.
+_SECRET_NAMES = ("subject_salt", "csrf_key", "factor_key")
 
 
 class TokenInvalid(ValueError):
@@ -156,10 +158,22 @@ class KeyRing:
         """Local secrets, one per purpose; a missing one is added, existing ones kept."""
         path = self.directory / _SECRETS_FILE
         current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        missing = [name for name in _SECRET_NAMES if name not in current]
-        if missing:
-            current.update({name: secrets.token_hex(32) for name in missing})
-            _write_private(path, current)
+        if all(name in current for name in _SECRET_NAMES):
+            return current
+        # Two processes starting together must not each add a different secret (a TOTP
+        # secret encrypted by one could not be read by the other): add under a lock on the
+        # directory, after reading the file again.
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = os.open(self.directory, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            missing = [name for name in _SECRET_NAMES if name not in current]
+            if missing:
+                current.update({name: secrets.token_hex(32) for name in missing})
+                _write_private(path, current)
+        finally:
+            os.close(lock)  # also releases the lock
         return current
 
     def _ensure_keys(self) -> None:

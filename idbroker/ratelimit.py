@@ -1,0 +1,107 @@
+"""Failed-attempt limits per person and per client IP, with a temporary lockout.
+
+Counters are the store's ``incr`` (one atomic operation, a fixed window), so all broker
+instances count together. When a counter reaches its limit a lockout entry is added
+(``add``: exactly one caller sees ``newly_locked``, so the lockout is audited once) and
+every attempt for that person, or from that IP, is refused until it expires. A success
+clears the person's counter, never the IP's: an attacker cannot reset the IP count by
+logging in to an account of their own.
+
+IPv6 clients are counted per /64, the block one subscriber normally gets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from idbroker.store import Store
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_person: int = 5  #: failures per person within ``window``
+    per_ip: int = 20  #: failures from one IP (IPv6: one /64) within ``window``
+    window: int = 900  #: seconds
+    lockout: int = 900  #: seconds a lockout lasts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an attempt may go ahead; when not, for whom, and for how long."""
+
+    allowed: bool
+    scope: str | None = None  #: "person" or "ip" when locked out
+    retry_after: int = 0  #: seconds until the lockout ends
+    newly_locked: bool = False  #: this failure started the lockout: audit it once
+
+
+ALLOWED = Verdict(True)
+
+
+def client_key(ip: str) -> str:
+    """The counter key for a client address: an IPv6 address counts as its /64."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return "invalid:" + ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class RateLimiter:
+    """Counts failures of one kind of attempt (``purpose``, e.g. ``factor``)."""
+
+    def __init__(self, store: Store, limits: Limits | None = None, *, purpose: str = "factor") -> None:
+        if not purpose.isalnum():
+            raise ValueError("purpose must be alphanumeric (it names store namespaces)")
+        self.store = store
+        self.limits = limits or Limits()
+        self._count = {"person": f"rl-{purpose}-person", "ip": f"rl-{purpose}-ip"}
+        self._lock = {"person": f"rl-{purpose}-lock-person", "ip": f"rl-{purpose}-lock-ip"}
+
+    def check(self, person: str | None, ip: str | None) -> Verdict:
+        """Before an attempt: refused while the person or the IP is locked out."""
+        for scope, key in self._keys(person, ip):
+            lock = self.store.get(self._lock[scope], key)
+            if lock is not None:
+                return Verdict(False, scope, max(1, int(lock["until"] - time.time())))
+        return ALLOWED
+
+    def failure(self, person: str | None, ip: str | None) -> Verdict:
+        """Count a failed attempt; the verdict says whether this one started a lockout."""
+        locked: list[tuple[str, bool]] = []
+        for scope, key in self._keys(person, ip):
+            limit = self.limits.per_person if scope == "person" else self.limits.per_ip
+            count = self.store.incr(self._count[scope], key, self.limits.window)
+            if count >= limit:
+                until = time.time() + self.limits.lockout
+                created = self.store.add(self._lock[scope], key, {"until": until}, self.limits.lockout)
+                locked.append((scope, created))
+        if not locked:
+            return ALLOWED
+        return Verdict(False, locked[0][0], self.limits.lockout, any(created for _, created in locked))
+
+    def success(self, person: str | None) -> None:
+        """A success clears the person's failure count (not a lockout, not the IP's count)."""
+        if person:
+            self.store.delete(self._count["person"], person)
+
+    def unlock(self, person: str | None = None, ip: str | None = None) -> None:
+        """An administrator lifts a lockout."""
+        for scope, key in self._keys(person, ip):
+            self.store.delete(self._lock[scope], key)
+            self.store.delete(self._count[scope], key)
+
+    @staticmethod
+    def _keys(person: str | None, ip: str | None) -> list[tuple[str, str]]:
+        keys = []
+        if person:
+            keys.append(("person", person))
+        if ip:
+            keys.append(("ip", client_key(ip)))
+        return keys
