@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     enrol_cli.add_parser(commands)
 
+    from idbroker.policy import cli as policy_cli
+
+    policy_cli.add_policy_commands(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -47,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from idbroker.demo.launcher import run_demo
 
             return run_demo(port=args.port, policies=Path(args.policies), state_dir=Path(args.state_dir))
+        if args.command == "policy":
+            return policy_cli.run_policy_command(args, lambda: Path(
+                load_settings(args.config).policies_dir if args.config else "policies"))
         settings = load_settings(args.config)
         if args.command == "check":
             policy = load_policy(settings.policies_dir)

@@ -72,4 +72,4 @@ def test_check_reports_a_broken_policy(tmp_path: Path) -> None:
     done = subprocess.run([*IDBROKER, "--config", str(config), "check"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "broken.yaml: clients[0].id" in done.stderr
+    assert "broken.yaml:2: clients[0].id" in done.stderr

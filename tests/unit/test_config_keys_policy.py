@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_example_policy_loads() -> None:
                    "jwks_uri": "https://a.example/j", "colour": "red"}]}, "colour"),
     ({"organisations": [{"id": "o", "name": "O", "idp": {
         "protocol": "oidc", "issuer": "${UNSET_VARIABLE}", "client_id": "b"}}]}, "UNSET_VARIABLE"),
-    ({"teams": []}, "unknown section 'teams'"),
+    ({"team": []}, "unknown section 'team'"),
 ])
 def test_a_bad_policy_is_refused_with_the_place(tmp_path: Path, document: dict, expected: str) -> None:
     (tmp_path / "chain.yaml").write_text(json.dumps(document))
@@ -112,4 +113,6 @@ def test_non_utf8_and_broken_yaml_are_named(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("clients: [unclosed")
     with pytest.raises(PolicyError) as error:
         load_policy(tmp_path, environ={})
-    assert "a.yaml: not UTF-8" in str(error.value) and "b.yaml: not valid YAML" in str(error.value)
+    # Each names its file and line (file:line, as editors and CI annotations read it).
+    assert "a.yaml:1: not UTF-8" in str(error.value)
+    assert re.search(r"b\.yaml:\d+: not valid YAML", str(error.value))
