@@ -9,8 +9,9 @@ from pathlib import Path
 from idbroker.config import Settings
 from idbroker.keys import KeyRing
 from idbroker.oidc.provider import Provider
-from idbroker.policy import Organisation, Policy, load_policy
+from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
+from idbroker.policy.reload import PolicyHolder
 from idbroker.sessions import Sessions
 from idbroker.store import Store, open_store
 from idbroker.upstream.base import Connector
@@ -28,19 +29,35 @@ class Broker:
                             retire_grace=max(settings.tokens.id_token_lifetime,
                                              settings.tokens.access_token_lifetime) * 2)
         self.store = store if store is not None else open_store(settings.store.url)
-        self._policy = policy if policy is not None else load_policy(Path(settings.policies_dir))
+        # The running broker follows policies/: a new version is checked first and only then
+        # swapped in whole; a broken one is refused loudly and the old one stays in force.
+        self.policy_holder = None if policy is not None else PolicyHolder(Path(settings.policies_dir))
+        self._fixed_policy = policy
         self.sessions = Sessions(self.store, settings.session)
-        self.provider = Provider(settings, lambda: self._policy, self.keys, self.store)
+        self.provider = Provider(settings, lambda: self.policy, self.keys, self.store)
         self._connectors: dict[str, Connector] = {}
+        self._connectors_version = ""
         self._lock = threading.Lock()
         self._saml_keys: tuple[KeyPair, KeyPair] | None = None
 
     @property
     def policy(self) -> Policy:
-        return self._policy
+        if self.policy_holder is None:
+            assert self._fixed_policy is not None
+            return self._fixed_policy
+        return self.policy_holder.current()
+
+    @property
+    def policy_version(self) -> str:
+        return self.policy_holder.version if self.policy_holder is not None else "fixed"
 
     def connector(self, organisation: Organisation) -> Connector:
+        """The organisation's connector, made anew when the policy has changed (an IdP's
+        settings may have)."""
+        version = self.policy_version
         with self._lock:
+            if version != self._connectors_version:
+                self._connectors, self._connectors_version = {}, version
             connector = self._connectors.get(organisation.id)
             if connector is None:
                 connector = self._build_connector(organisation)
