@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     enrol_cli.add_parser(commands)
 
+    from idbroker.audit import cli as audit_cli
+
+    audit_cli.add_parser(commands)
+
     from idbroker.policy import cli as policy_cli
 
     policy_cli.add_policy_commands(commands)
@@ -64,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args.keys_command)
         if args.command == "enrol":
             return enrol_cli.run(settings, args)
+        if args.command == "audit":
+            return audit_cli.run(settings, args)
         return serve_forever(settings, bind=args.bind, workers=args.workers)
     except (ConfigError, PolicyError) as error:
         print(f"idbroker: {error}", file=sys.stderr)

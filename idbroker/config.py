@@ -71,6 +71,27 @@ class ServerSettings(_Section):
     threads: int = Field(8, ge=1, le=256)
 
 
+class AuditSettings(_Section):
+    """The audit trail (idbroker.audit). ``url`` unset: beside the store, i.e. a
+    ``*-audit.sqlite3`` file next to a SQLite store, or the store's own Redis."""
+
+    url: str | None = None
+    retention_days: int = Field(1825, ge=1, description="events older than this are pruned")
+    checkpoint_every: int = Field(1000, ge=1, description="a signed checkpoint every N events")
+    checkpoint_seconds: int = Field(300, ge=1, description="... and at least this often")
+    redis_wait_replicas: int = Field(0, ge=0, le=16, description="replicas that must confirm each event")
+    redis_wait_timeout_ms: int = Field(100, ge=1, le=10000)
+
+
+def default_audit_url(store_url: str) -> str:
+    """The audit log beside the store: ``x.sqlite3`` → ``x-audit.sqlite3``; Redis: the same."""
+    prefix = "sqlite:///"
+    if not store_url.startswith(prefix) or store_url.endswith(":memory:"):
+        return store_url
+    path = Path(store_url[len(prefix):])
+    return prefix + str(path.with_name(f"{path.stem}-audit{path.suffix or '.sqlite3'}"))
+
+
 class Settings(_Section):
     issuer: str
     policies_dir: Path = Path("policies")
@@ -80,6 +101,7 @@ class Settings(_Section):
     tokens: TokenSettings = TokenSettings()
     http: HttpSettings = HttpSettings()
     server: ServerSettings = ServerSettings()
+    audit: AuditSettings = AuditSettings()
     default_locale: Literal["nl", "en"] = "nl"
 
     @field_validator("issuer")
@@ -96,6 +118,10 @@ class Settings(_Section):
     @property
     def on_localhost(self) -> bool:
         return urlsplit(self.issuer).hostname in {"localhost", "127.0.0.1", "::1"}
+
+    @property
+    def audit_url(self) -> str:
+        return self.audit.url or default_audit_url(self.store.url)
 
     @property
     def secure_cookies(self) -> bool:
@@ -129,6 +155,8 @@ def load_settings(
             "policies_dir": (base / settings.policies_dir).resolve(),
             "keys_dir": (base / settings.keys_dir).resolve(),
             "store": settings.store.model_copy(update={"url": _anchor_sqlite(settings.store.url, base)}),
+            "audit": settings.audit.model_copy(
+                update={"url": settings.audit.url and _anchor_sqlite(settings.audit.url, base)}),
         }
     )
 
