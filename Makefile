@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests run for real (no mocks): Redis for the store contract tests.
 # xmlsec1: pysaml2's stock backend, the baseline of bench/saml_verify.py and the interop IdP.
-TEST_DEBIAN_PACKAGES := redis-server xmlsec1
+# chromium: the real-browser WebAuthn test (tests/browser, driven by Playwright; never `playwright install`).
+TEST_DEBIAN_PACKAGES := redis-server xmlsec1 chromium
 # What the demo needs from Debian: xmlsec1, so pysaml2's stock backend works as documented.
 DEMO_DEBIAN_PACKAGES := xmlsec1
 PACKAGES ?= $(TEST_DEBIAN_PACKAGES)

@@ -61,9 +61,11 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
 
     from idbroker.login.views import bp as login_bp
     from idbroker.oidc.views import bp as oidc_bp
+    from idbroker.stepup.views import bp as stepup_bp
 
     app.register_blueprint(oidc_bp)
     app.register_blueprint(login_bp)
+    app.register_blueprint(stepup_bp)
     app.after_request(security_headers)
 
     @app.errorhandler(StoreUnavailable)

@@ -30,6 +30,12 @@ class LoginTransaction:
     created_at: float
     organisation: str | None = None
     upstream: dict[str, Any] = field(default_factory=dict)
+    #: Set once the person is known and a step-up or enrolment is under way: the person
+    #: the step-up pages may act for (a step-up for anyone else is refused).
+    person: str | None = None
+    #: Step-up state: a checked activation code (its hash record, never the code), and
+    #: ``purpose`` ("authorize", or "manage" for the authenticators page).
+    stepup: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,8 +47,12 @@ class SsoSession:
     created_at: float
     auth_time: int
     clients: list[str] = field(default_factory=list)
-    #: The eIDAS level the broker stands behind for this session (low/substantial/high).
+    #: The eIDAS level the upstream login proves, as far as the policy trusts the IdP
+    #: (low/substantial/high). The broker's own factors (``factor_uses``) raise it per
+    #: request, see :mod:`idbroker.assurance.stepup`.
     level: str = "low"
+    #: Uses of the broker's own factors in this session (``FactorUse.to_dict()``), newest last.
+    factor_uses: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Sessions:
@@ -110,6 +120,11 @@ class Sessions:
         if client_id not in session.clients:
             session.clients.append(client_id)
             self._save(session)
+
+    def add_factor_use(self, session: SsoSession, use: dict[str, Any], *, keep: int = 20) -> None:
+        """Record a successful step-up (the newest ``keep`` uses are kept)."""
+        session.factor_uses = [*session.factor_uses, use][-keep:]
+        self._save(session)
 
     def end(self, token: str | None) -> None:
         if token:

@@ -104,6 +104,17 @@ def csrf_ok(purpose: str) -> bool:
     return bool(request.cookies.get(BROWSER_COOKIE)) and hmac.compare_digest(given, csrf_token(purpose))
 
 
+def csrf_header_ok(purpose: str) -> bool:
+    """For the JSON endpoints the WebAuthn script calls: the token in ``X-CSRF-Token``."""
+    given = request.headers.get("X-CSRF-Token", "")
+    return bool(request.cookies.get(BROWSER_COOKIE)) and hmac.compare_digest(given, csrf_token(purpose))
+
+
+def client_ip() -> str:
+    """The client's address (behind a trusted proxy: the forwarded one, see app.TrustedProxies)."""
+    return request.remote_addr or ""
+
+
 def security_headers(response: Response) -> Response:
     if g.get("new_browser_id"):
         set_cookie(response, BROWSER_COOKIE, g.browser_id)

@@ -53,12 +53,18 @@ DEMO_APPS = {
 }
 
 
+#: What the demo chain apps ask for: the chain's agreed level, eIDAS substantial (also
+#: when the policy gives the client no minimum of its own).
+DEMO_APP_ACR = "http://eidas.europa.eu/LoA/substantial"
+
+
 @dataclass
 class DemoChain:
     app: Any  # the combined WSGI application
     broker_url: str
     app_urls: dict[str, str]
     idp_urls: dict[str, str]
+    broker: Any = None  # the idbroker.broker.Broker behind the app (tests issue activation codes)
 
 
 def build_demo(base_url: str, *, policies: Path, state_dir: Path,
@@ -117,9 +123,10 @@ def build_demo(base_url: str, *, policies: Path, state_dir: Path,
         mounts[f"/demo-app/{client_id}"] = create_client_app(
             title=client.name, client_id=client_id, issuer=base_url, base_url=app_url,
             private_key_pem=_demo_client_key(state_dir / "keys" / f"demo-app-{client_id}.pem"),
-            scope=scope)
+            scope=scope, extra_authorize_params={"acr_values": DEMO_APP_ACR})
         app_urls[client_id] = app_url + "/"
-    return DemoChain(DispatcherMiddleware(broker_app, mounts), base_url, app_urls, idp_urls)
+    return DemoChain(DispatcherMiddleware(broker_app, mounts), base_url, app_urls, idp_urls,
+                     broker_app.extensions["idbroker"])
 
 
 def _demo_client_key(path: Path) -> bytes:
@@ -144,6 +151,12 @@ def run_demo(*, port: int, policies: Path, state_dir: Path) -> int:
     for organisation_id, url in chain.idp_urls.items():
         users = ", ".join(a.username for a in DEMO_ACCOUNTS[organisation_id])
         print(f"  demo IdP:   {url}   users: {users} (password: {DEMO_PASSWORD})")
+    store = (state_dir / "idbroker.sqlite3").resolve()
+    print("The chain apps need eIDAS substantial: j.smit (Veilig Thuis) arrives there; anyone else")
+    print("links a security key or app with an activation code, issued with")
+    print(f"  IDBROKER_ISSUER={base_url} IDBROKER_STORE__URL=sqlite:///{store} \\\n"
+          "    idbroker enrol issue --person p-...")
+    print("(the activation page shows the person's p-... id).")
     print("Open a chain app, click 'Inloggen via idbroker', choose an organisation. Ctrl-C stops.\n",
           flush=True)
     from idbroker.config import load_settings

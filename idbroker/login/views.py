@@ -51,7 +51,10 @@ def start_login(params: dict[str, str], *, force: bool = False) -> Response:
 
 
 def _transaction(txn_id: str) -> LoginTransaction | None:
-    return broker().sessions.login(txn_id, browser_id())
+    """This browser's login still before or at its upstream part (a step-up transaction,
+    whose person is known, is the step-up pages' business)."""
+    txn = broker().sessions.login(txn_id, browser_id())
+    return txn if txn is not None and txn.person is None else None
 
 
 @bp.get("/login/<txn_id>")
@@ -166,6 +169,10 @@ def _returning_login(txn_id: str, organisation_id: str, *,
         log.warning("upstream answer for %s with an unknown state or another browser's login "
                     "(or IdP-initiated)", organisation_id)
         return error_page("err_login_expired", status=400)
+    if txn.person is not None:
+        log.warning("upstream answer at %s for a login whose upstream part is already done",
+                    organisation_id)
+        return error_page("err_login_expired", status=400)
     organisation = b.policy.organisations.get(organisation_id)
     if organisation is None or txn.organisation != organisation_id:
         log.warning("upstream answer at %s for a login sent to %s (mix-up)", organisation_id,
@@ -201,10 +208,13 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
                                        level=level.level.name.lower())
     b.provider.remember_profile(session.sid, {name: identity.attributes[name]
                                               for name in PROFILE_CLAIMS if name in identity.attributes})
-    b.sessions.end_login(txn)
     log.info("login person=%s organisation=%s sid=%s upstream_acr=%r level=%s (%s)", person,
              organisation.id, session.sid, identity.upstream_acr, level.level.name.lower(), level.reason)
-    response = authorization_response(txn.params, session)
+    # The transaction lives on if a step-up is needed (it binds the step-up to this browser);
+    # what the upstream exchange kept is no longer needed, and must not finish a login twice.
+    txn.upstream = {}
+    txn.person = person
+    response = authorization_response(txn.params, session, txn=txn)
     set_cookie(response, SESSION_COOKIE, token)
     return response
 

@@ -10,14 +10,17 @@ from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from flask import Response
+from authlib.oidc.core.errors import InteractionRequiredError
+from flask import Response, current_app, redirect, url_for
 
 from idbroker.assurance.levels import Level
+from idbroker.assurance.stepup import Outcome, RequestError, Requirement, Unmeetable, token_acr
 from idbroker.oidc.provider import BrokerUser
-from idbroker.sessions import SsoSession
-from idbroker.web import broker, error_page, log
+from idbroker.sessions import LoginTransaction, SsoSession
+from idbroker.stepup.service import FactorServices, decide, requirement
+from idbroker.web import broker, browser_id, error_page, log
 
 
 class UnmetAuthenticationRequirements(OAuth2Error):
@@ -65,36 +68,94 @@ def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
     return not raw.isdigit() or time.time() - session.auth_time > int(raw)
 
 
+def factor_services() -> FactorServices:
+    """The broker's factor domain, built on first use and kept with the application."""
+    services = current_app.extensions.get("idbroker_factors")
+    if services is None:
+        services = current_app.extensions["idbroker_factors"] = FactorServices(broker())
+    return services
+
+
+def request_requirement(params: dict[str, str]) -> Requirement:
+    """The level this request needs (see :func:`idbroker.stepup.service.requirement`)."""
+    return requirement(broker().policy, params)
+
+
 def required_level(params: dict[str, str]) -> Level | None:
-    """The strongest eIDAS level the client asks for in ``acr_values`` (other values are
-    not ours to interpret, and ``acr_values`` is a wish list)."""
-    wanted = [level for level in Level if level.acr in params.get("acr_values", "").split()]
-    return max(wanted) if wanted else None
+    """The level to ask a trusted upstream IdP for, or None when low will do (or the
+    request is malformed: that is answered elsewhere)."""
+    try:
+        level = request_requirement(params).level
+    except (RequestError, Unmeetable):
+        return None
+    return level if level > Level.LOW else None
 
 
-def authorization_response(params: dict[str, str], session: SsoSession,
-                           grant: Any = None) -> Response:
-    """Issue the code on behalf of the session's person. A request kept in a login
-    transaction is validated again, against the policy as it is now. The code's ``acr`` is
-    the level the session has proven, and a login below the level asked for gets no code."""
+def unmet(params: dict[str, str], description: str) -> Response:
+    return authorization_error(UnmetAuthenticationRequirements(
+        description, state=params.get("state"), redirect_uri=params.get("redirect_uri")),
+        params.get("ui_locales"))
+
+
+def authorization_response(params: dict[str, str], session: SsoSession, grant: Any = None, *,
+                           txn: LoginTransaction | None = None) -> Response:
+    """Issue the code on behalf of the session's person, or ask what is missing first.
+
+    A request kept in a login transaction is validated again, against the policy as it is
+    now. The required level is computed afresh; a login below it is sent to the step-up
+    (or enrolment) pages with a login transaction bound to this browser, and one that no
+    local factor can raise gets ``unmet_authentication_requirements``. The code's ``acr``
+    is :func:`token_acr` of what the session proves, never below what was required.
+    ``txn`` (the login this request came through) ends here unless a step-up follows.
+    """
+    response, step_up = _authorization_response(params, session, grant, txn)
+    if txn is not None and not step_up:
+        broker().sessions.end_login(txn)
+    return response
+
+
+def _authorization_response(params: dict[str, str], session: SsoSession, grant: Any,
+                            txn: LoginTransaction | None) -> tuple[Response, bool]:
     b = broker()
     profile = b.store.get("profile", session.sid) or {}
-    achieved = Level.from_name(session.level)
-    user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time,
-                      claims=profile, acr=achieved.acr)
+    user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time, claims=profile)
     if grant is None:
         oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
         try:
             grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
         except OAuth2Error as error:
-            return authorization_error(error, params.get("ui_locales"))
-    wanted = required_level(params)
-    if wanted is not None and achieved < wanted:
-        log.info("login below the required level: %s < %s", achieved.name.lower(), wanted.name.lower())
-        return authorization_error(UnmetAuthenticationRequirements(
-            f"this login reached eIDAS {achieved.name.lower()}, {wanted.name.lower()} was required",
-            state=params.get("state"), redirect_uri=params.get("redirect_uri")), params.get("ui_locales"))
+            return authorization_error(error, params.get("ui_locales")), False
+    try:
+        required = request_requirement(params)
+    except RequestError as error:
+        return authorization_error(InvalidRequestError(
+            str(error), state=params.get("state"), redirect_uri=params.get("redirect_uri")),
+            params.get("ui_locales")), False
+    except Unmeetable as error:
+        return unmet(params, str(error)), False
+    plan = decide(factor_services(), session, params, required, txn=txn).plan
+    if plan.outcome is Outcome.UNMET:
+        log.info("login below the required level and no local factor helps: %s < %s (%s)",
+                 plan.achieved.level.name.lower(), required.level.name.lower(), plan.reason)
+        return unmet(params, f"this login reached eIDAS {plan.achieved.level.name.lower()}, "
+                             f"{required.level.name.lower()} was required"), False
+    if plan.outcome is not Outcome.SATISFIED:
+        if "none" in params.get("prompt", "").split():
+            return authorization_error(InteractionRequiredError(
+                "a step-up is needed", state=params.get("state"),
+                redirect_uri=params.get("redirect_uri"))), False
+        if txn is None:
+            txn = b.sessions.begin_login(browser_id(), params)
+        txn.person = session.person
+        txn.organisation = txn.organisation or session.identity.get("organisation")
+        txn.stepup = {"purpose": "authorize", **txn.stepup}
+        b.sessions.save_login(txn)
+        log.info("step-up needed sid=%s: %s, required %s (%s)", session.sid, plan.outcome.value,
+                 required.level.name.lower(), "; ".join(required.reasons))
+        return redirect(url_for("stepup.page", txn_id=txn.id)), True
+    user.acr = token_acr(plan.achieved.level, required)
+    user.amr = list(plan.achieved.amr)
     response = b.provider.server.create_authorization_response(
         request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])
-    return response
+    return response, False

@@ -484,6 +484,8 @@ class Provider:
         }
         if user.acr:
             claims["acr"] = user.acr
+        if user.amr:
+            claims["amr"] = user.amr
         return {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                 "expires_in": lifetime, "scope": scope or ""}
 

@@ -9,12 +9,16 @@ from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.core.errors import LoginRequiredError
 from flask import Blueprint, Response, jsonify, request
 
+from idbroker.assurance.levels import Level
+from idbroker.assurance.stepup import RequestError, Unmeetable
 from idbroker.login.views import start_login
 from idbroker.oidc.flow import (
     StoredAuthorizationRequest,
     authorization_error,
     authorization_response,
     max_age_exceeded,
+    request_requirement,
+    unmet,
 )
 from idbroker.oidc.provider import SCOPE_CLAIMS, SUPPORTED_SCOPES
 from idbroker.web import (
@@ -39,6 +43,12 @@ def authorize() -> Response:
         grant = b.provider.server.get_consent_grant(
             request=StoredAuthorizationRequest(b.provider.endpoint("authorize"), params))
         _refuse_repeated_parameters(grant.redirect_uri, params.get("state"))
+        request_requirement(params)
+    except RequestError as error:
+        return authorization_error(InvalidRequestError(str(error), state=params.get("state"),
+                                                       redirect_uri=params["redirect_uri"]))
+    except Unmeetable as error:
+        return unmet(params, str(error))
     except OAuth2Error as error:
         return authorization_error(error, params.get("ui_locales"))
     prompts = params.get("prompt", "").split()
@@ -106,9 +116,10 @@ def discovery() -> Response:
             "ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "acr", "amr",
                              *sorted({c for claims in SCOPE_CLAIMS.values() for c in claims})],
-        "claims_parameter_supported": False,
+        "claims_parameter_supported": True,
+        "acr_values_supported": [level.acr for level in Level],
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "ui_locales_supported": ["nl", "en"],

@@ -23,10 +23,13 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from idbroker.assurance.activation import ActivationCodes
 from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
 from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
 from idbroker.demo.saml_idp import SAML_FAULTS, create_saml_idp_app
-from tests.support.browser import Browser
+from idbroker.policy.model import ClientPolicy
+from tests.support.browser import Browser, TotpApp
+from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.wsgi_server import DeferredApp, serve_wsgi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +85,25 @@ class Chain:
         form.update(extra)
         return requests.post(f"{self.base}/token", data=form, timeout=10)
 
+    @property
+    def broker(self) -> Any:
+        return self.demo.broker
+
+    def person_of(self, browser: Browser) -> str:
+        """The broker person of the browser's SSO session."""
+        session = self.broker.sessions.get(browser.http.cookies.get("idb_session"))
+        assert session is not None, "the browser has no SSO session"
+        return session.person
+
+    def issue_activation(self, browser: Browser, **kwargs: Any) -> str:
+        """What an administrator does (``idbroker enrol issue``) for the browser's person."""
+        return ActivationCodes(self.broker.store).issue(self.person_of(browser), **kwargs).code
+
+    def enrolling_browser(self, *, webauthn: bool = False, **kwargs: Any) -> Browser:
+        """A browser whose person gets an activation code when asked and enrols a factor."""
+        means = {"authenticator": SoftAuthenticator()} if webauthn else {"totp": TotpApp()}
+        return Browser(activation=self.issue_activation, **means, **kwargs)
+
     def login(self, browser: Browser | None = None,
               **params: str) -> tuple[dict[str, list[str]], dict[str, str], Browser]:
         """Walk a browser through a whole login; return the callback's query and the request."""
@@ -111,6 +133,12 @@ TRUSTED_OIDC_ORG = "ggd-vertrouwd"
 TRUSTED_OIDC_ACCOUNTS = (DemoAccount("t.devos", "demo", "ggd-77", "Tess de Vos", "t.devos@ggd.demo", "77",
                                      ("ggd-crisis",), acr="http://eidas.europa.eu/LoA/substantial",
                                      amr=("pwd", "otp")),)
+
+#: An organisation whose IdP gives a password login only (untrusted: low), with many staff,
+#: so every step-up test has a person of its own (factors and lockouts are per person).
+STEPUP_ORG = "gemeente-stap"
+STEPUP_ACCOUNTS = tuple(DemoAccount(f"s{n:02d}", "demo", f"stap-{n:02d}", f"Stap Tester {n:02d}",
+                                    f"s{n:02d}@stap.demo", str(n), ("stap",)) for n in range(1, 61))
 
 #: A SAML organisation whose metadata is a file in the policy directory (written once its
 #: IdP has made its keys), trusted for nothing: the broker must never ask it for a level.
@@ -143,6 +171,9 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
     organisations.append({"id": TRUSTED_OIDC_ORG, "name": "GGD Vertrouwd", "idp": {
         "protocol": "oidc", "issuer": f"{base}/trusted-idp", "client_id": "idbroker", "algorithms": ["ES256"],
         "assurance": {"trusted_up_to": "substantial", "vocabulary": "eidas"}}})
+    organisations.append({"id": STEPUP_ORG, "name": "Gemeente Stap", "idp": {
+        "protocol": "oidc", "issuer": f"{base}/stepup-idp", "client_id": "idbroker",
+        "algorithms": ["ES256"]}})
     organisations.append({"id": SAML_FILE_ORG, "name": "Zorgaanbieder Bestand", "idp": {
         "protocol": "saml", "entity_id": f"{base}/saml-file-idp/metadata",
         "metadata": {"file": "saml-file-idp.xml"}}})
@@ -161,6 +192,11 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
          "client_secret_sha256": hashlib.sha256(BASIC_SECRET.encode()).hexdigest(),
          "scopes": ["openid", "profile"], "id_token_signed_response_alg": "RS256"},
     ]}
+    if "min_level" in ClientPolicy.model_fields:
+        # The test clients need no more than the request asks for (the policy's default is
+        # substantial): the step-up tests ask with acr_values and the claims parameter.
+        for client in clients["clients"]:
+            client["min_level"] = "low"
     (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
 
 
@@ -198,6 +234,10 @@ def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> It
         fault_idps["/trusted-idp"] = create_idp_app(
             f"{base}/trusted-idp", display_name="GGD Vertrouwd", accounts=TRUSTED_OIDC_ACCOUNTS,
             clients=[DemoClient("idbroker", (f"{base}/upstream/{TRUSTED_OIDC_ORG}/callback",),
+                                jwks_uri=f"{base}/jwks.json")])
+        fault_idps["/stepup-idp"] = create_idp_app(
+            f"{base}/stepup-idp", display_name="Gemeente Stap", accounts=STEPUP_ACCOUNTS,
+            clients=[DemoClient("idbroker", (f"{base}/upstream/{STEPUP_ORG}/callback",),
                                 jwks_uri=f"{base}/jwks.json")])
         deferred.target = DispatcherMiddleware(demo.app, fault_idps)
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")

@@ -21,10 +21,13 @@ def _id_token(chain: Chain, query: dict, req: dict) -> tuple[str, dict]:
 
 def test_demo_apps_share_one_login(chain: Chain) -> None:
     """The demo chain apps (authlib clients with private_key_jwt via jwks_uri) get in, the
-    second one without a new login at the organisation's IdP."""
-    browser = Browser(username="p.devries", organisation="ggz-centraal")
+    second one without a new login at the organisation's IdP. They ask for eIDAS
+    substantial: the first login enrols an authenticator app with an activation code, the
+    second app gets its code from the SSO session and the step-up already given."""
+    browser = chain.enrolling_browser(username="p.devries", organisation="ggz-centraal")
     first = browser.go(chain.demo.app_urls["wvggz-portaal"] + "login")
     assert first.status == 200 and "Pieter de Vries" in first.body, first.body[:400]
+    assert "http://eidas.europa.eu/LoA/substantial" in first.body
     logins_at_idp = sum("/demo-idp/" in s.url and "/login" in s.url for s in browser.history)
     assert logins_at_idp == 1
     second = browser.go(chain.demo.app_urls["zvh-casus"] + "login")
@@ -133,7 +136,7 @@ def test_discovery_describes_the_profile(chain: Chain) -> None:
 
 
 def test_demo_app_logout_ends_the_broker_session(chain: Chain) -> None:
-    browser = Browser()
+    browser = chain.enrolling_browser()
     home = browser.go(chain.demo.app_urls["wvggz-portaal"] + "login")
     assert "Anna Jansen" in home.body
     form_token = re.search(r'name="csrf_token" value="([^"]+)"', home.body).group(1)

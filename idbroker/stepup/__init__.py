@@ -1,0 +1,1 @@
+"""Step-up and enrolment wired into the login: the pages and the level decision per request."""

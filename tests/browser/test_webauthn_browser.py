@@ -1,0 +1,128 @@
+"""WebAuthn in a real browser: Debian's Chromium driven by Playwright, with a CDP virtual
+authenticator (ctap2, internal, user verification on).
+
+The whole demo chain runs at ``http://localhost:PORT`` (a secure context whose rp id is
+``localhost``; a page at 127.0.0.1 would be refused by the browser). The journey: a demo
+account that arrives at low logs in to the demo chain app, which needs eIDAS substantial;
+an administrator issues an activation code; the person enrols a WebAuthn authenticator,
+logs out, logs in again with a step-up, and the demo app shows ``acr`` substantial.
+
+Locally the test skips when Chromium or Playwright is missing; with ``CI=true`` it fails
+instead, so CI can never pass without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from idbroker.assurance.activation import ActivationCodes
+from idbroker.demo.launcher import DemoChain, build_demo
+from tests.support.wsgi_server import DeferredApp, serve_wsgi
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SUBSTANTIAL = "http://eidas.europa.eu/LoA/substantial"
+MISSING = "run `make test` (installs chromium and playwright)"
+
+
+def _playwright():
+    """Playwright's sync API, or skip (locally) / fail (CI) when the browser is missing."""
+    problem = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        problem = "the Python package playwright is not installed"
+    if problem is None and not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        problem = f"{CHROMIUM} is not installed"
+    if problem is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{problem}: this test must run in CI; {MISSING}")
+        pytest.skip(f"{problem}: {MISSING}")
+    return sync_playwright
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoChain]:
+    """The demo chain, served on a free port and addressed as http://localhost:PORT."""
+    deferred = DeferredApp()
+    with serve_wsgi(deferred) as (base, _shutdown):
+        base = base.replace("127.0.0.1", "localhost")
+        shutil.copytree(REPO / "policies", tmp_path / "policies")
+        chain = build_demo(base, policies=tmp_path / "policies", state_dir=tmp_path / "state")
+        deferred.target = chain.app
+        yield chain
+
+
+def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tmp_path: Path) -> None:
+    sync_playwright = _playwright()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    app_url = demo.app_urls["wvggz-portaal"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(locale="nl-NL").new_page()
+            page.set_default_timeout(15_000)
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("WebAuthn.enable", {"enableUI": False})
+            cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+                "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+                "hasUserVerification": True, "isUserVerified": True, "automaticPresenceSimulation": True}})
+
+            # 1. Upstream login: Anna Jansen's IdP gives a password login only (low).
+            page.goto(app_url)
+            page.get_by_text("Inloggen via idbroker").click()
+            page.get_by_role("link", name="Gemeente Utrecht").click()
+            page.fill("#username", "a.jansen")
+            page.fill("#password", "demo")
+            page.get_by_role("button", name="Inloggen").click()
+
+            # 2. No factor yet: the broker asks for an activation code, which an
+            #    administrator issues (idbroker enrol issue) for this person.
+            page.wait_for_url("**/stepup/*/activate")
+            page.screenshot(path=str(shots / "1-activation.png"), full_page=True)
+            session_cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "idb_session")
+            person = demo.broker.sessions.get(session_cookie).person
+            code = ActivationCodes(demo.broker.store).issue(person, issued_by="browser test").code
+            page.fill("#activation-code", code)
+            page.get_by_role("button", name="Code controleren").click()
+
+            # 3. Enrol the (virtual) authenticator with WebAuthn.
+            page.wait_for_url("**/stepup/*/enrol")
+            page.locator("[data-enrol=webauthn]").click()
+            page.fill("#factor-name", "Virtuele sleutel")
+            page.screenshot(path=str(shots / "2-enrol-webauthn.png"), full_page=True)
+            page.locator("#webauthn-button").click()
+            page.wait_for_url(app_url)
+            body = page.content()
+            assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
+            page.screenshot(path=str(shots / "3-logged-in-after-enrolment.png"), full_page=True)
+
+            # 4. Log out everywhere (the demo app logs out at the broker too).
+            page.get_by_role("button", name="Uitloggen").click()
+            page.wait_for_selector("text=U bent uitgelogd")
+
+            # 5. Log in again: password at the IdP, then the step-up with the authenticator.
+            page.get_by_text("Inloggen via idbroker").click()
+            page.get_by_role("link", name="Gemeente Utrecht").click()
+            if page.locator("#password").count():
+                page.fill("#username", "a.jansen")
+                page.fill("#password", "demo")
+                page.get_by_role("button", name="Inloggen").click()
+            page.wait_for_url("**/stepup/*/webauthn")
+            page.screenshot(path=str(shots / "4-step-up.png"), full_page=True)
+            page.locator("#webauthn-button").click()
+            page.wait_for_url(app_url)
+            body = page.content()
+            page.screenshot(path=str(shots / "5-logged-in-after-step-up.png"), full_page=True)
+            assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
+            assert "&#34;hwk&#34;" in body or '"hwk"' in body  # amr: a hardware-bound key
+        finally:
+            browser.close()
