@@ -96,6 +96,32 @@ def moment_end(value: date | datetime) -> float:
     return datetime.combine(value + timedelta(days=1), time(0), AMSTERDAM).timestamp()
 
 
+class AuthenticatorPolicy(StrictModel):
+    """Which WebAuthn authenticators the organisation's staff may enrol.
+
+    ``none`` (the default): any authenticator with user verification. ``allow-list``: only the
+    listed AAGUIDs, each proven by an attestation chaining to one of its vendor's root
+    certificates (PEM files, relative paths read from the policy directory) — an AAGUID an
+    authenticator merely claims proves nothing.
+    """
+
+    attestation: Literal["none", "allow-list"] = "none"
+    allowed: dict[str, tuple[str, ...]] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuthenticatorPolicy:
+        if self.attestation == "allow-list" and not self.allowed:
+            raise ValueError("attestation allow-list needs 'allowed': AAGUID -> vendor root PEM files")
+        if self.attestation == "none" and self.allowed:
+            raise ValueError("'allowed' is used only with attestation: allow-list")
+        for aaguid, roots in self.allowed.items():
+            if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", aaguid):
+                raise ValueError(f"'{aaguid}' is not a lower-case AAGUID (UUID)")
+            if not roots:
+                raise ValueError(f"AAGUID {aaguid} needs at least one root certificate file")
+        return self
+
+
 class Organisation(StrictModel):
     id: str = Identifier
     name: str = Field(min_length=1)
@@ -105,6 +131,7 @@ class Organisation(StrictModel):
     #: E-mail domains that send a ``login_hint`` straight to this organisation.
     domains: tuple[str, ...] = ()
     idp: OidcIdp | SamlIdp = Field(discriminator="protocol")
+    authenticators: AuthenticatorPolicy = AuthenticatorPolicy()
 
     @field_validator("domains")
     @classmethod

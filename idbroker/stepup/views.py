@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
@@ -34,6 +35,7 @@ from idbroker.assurance.stepup import (
     may_change_factors,
     may_enrol_first_factor,
 )
+from idbroker.assurance.webauthn import ACCEPT_ANY, AttestationPolicy
 from idbroker.i18n import translate
 from idbroker.oidc.flow import authorization_response, factor_services, request_requirement, unmet
 from idbroker.ratelimit import Verdict
@@ -53,6 +55,9 @@ from idbroker.web import (
     log,
     render_page,
 )
+
+#: An allow-list entry no authenticator can match (its "root" is no certificate).
+_NO_AUTHENTICATOR = "00000000-0000-0000-0000-000000000001"
 
 bp = Blueprint("stepup", __name__)
 
@@ -462,6 +467,24 @@ def enrol_webauthn(txn_id: str) -> Response:
                  other_url=url_for("stepup.enrol_totp", txn_id=txn_id))
 
 
+def attestation_policy(session: SsoSession) -> AttestationPolicy:
+    """The person's organisation's authenticator policy. A root file that cannot be read
+    fails closed: no authenticator is accepted until the policy is fixed."""
+    b = broker()
+    organisation = b.policy.organisations.get(str(session.identity.get("organisation", "")))
+    if organisation is None or organisation.authenticators.attestation == "none":
+        return ACCEPT_ANY
+    folder = Path(b.settings.policies_dir)
+    try:
+        return AttestationPolicy.from_pem({
+            aaguid: [(folder / name).read_text(encoding="ascii") for name in roots]
+            for aaguid, roots in organisation.authenticators.allowed.items()})
+    except (OSError, ValueError) as error:
+        log.error("authenticator policy of %s unusable (%s): refusing every authenticator",
+                  organisation.id, type(error).__name__)
+        return AttestationPolicy({_NO_AUTHENTICATOR: (b"",)})
+
+
 def _account_name(session: SsoSession) -> tuple[str, str]:
     attributes = session.identity.get("attributes") or {}
     display = str(attributes.get("name") or attributes.get("email") or session.person)
@@ -475,7 +498,8 @@ def enrol_webauthn_options(txn_id: str) -> Response:
         return ctx
     user_name, display_name = _account_name(ctx.session)
     ceremony = factor_services().webauthn.register_begin(
-        ctx.person, txn=ctx.txn.id, user_name=user_name, display_name=display_name)
+        ctx.person, txn=ctx.txn.id, user_name=user_name, display_name=display_name,
+        attestation=attestation_policy(ctx.session))
     return _json(handle=ceremony.handle, publicKey=ceremony.options)
 
 
@@ -488,7 +512,7 @@ def enrol_webauthn_complete(txn_id: str) -> Response:
     try:
         handle, credential, name = _json_body()
         registered = services.webauthn.register_complete(
-            ctx.person, handle, credential, txn=ctx.txn.id,
+            ctx.person, handle, credential, txn=ctx.txn.id, attestation=attestation_policy(ctx.session),
             name=name or translate(locale(ctx.hint), "enrol_default_webauthn"))
         _registered(ctx, registered.factor, registered.use)
     except FactorRefused as refused:

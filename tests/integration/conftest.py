@@ -28,6 +28,7 @@ from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
 from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
 from idbroker.demo.saml_idp import SAML_FAULTS, create_saml_idp_app
 from idbroker.policy.model import ClientPolicy
+from idbroker.upstream.saml.keys import ensure_key_pair
 from tests.support.browser import Browser, TotpApp
 from tests.support.soft_authenticator import SoftAuthenticator
 from tests.support.wsgi_server import DeferredApp, serve_wsgi
@@ -132,13 +133,19 @@ def saml_fault_org(fault: str) -> str:
 TRUSTED_OIDC_ORG = "ggd-vertrouwd"
 TRUSTED_OIDC_ACCOUNTS = (DemoAccount("t.devos", "demo", "ggd-77", "Tess de Vos", "t.devos@ggd.demo", "77",
                                      ("ggd-crisis",), acr="http://eidas.europa.eu/LoA/substantial",
-                                     amr=("pwd", "otp")),)
+                                     amr=("pwd", "otp")),
+                         DemoAccount("t.bos", "demo", "ggd-78", "Tom Bos", "t.bos@ggd.demo", "78",
+                                     ("ggd-crisis",), acr="http://eidas.europa.eu/LoA/substantial",
+                                     amr=("pwd", "otp")))
 
 #: An organisation whose IdP gives a password login only (untrusted: low), with many staff,
 #: so every step-up test has a person of its own (factors and lockouts are per person).
 STEPUP_ORG = "gemeente-stap"
 STEPUP_ACCOUNTS = tuple(DemoAccount(f"s{n:02d}", "demo", f"stap-{n:02d}", f"Stap Tester {n:02d}",
                                     f"s{n:02d}@stap.demo", str(n), ("stap",)) for n in range(1, 61))
+
+#: The one authenticator model the trusted organisation's policy allows.
+ALLOWED_AAGUID = "8b1f5b5e-7d3c-4f7e-9a51-2f0c6d1e4a77"
 
 #: A SAML organisation whose metadata is a file in the policy directory (written once its
 #: IdP has made its keys), trusted for nothing: the broker must never ask it for a level.
@@ -170,7 +177,11 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
     ]
     organisations.append({"id": TRUSTED_OIDC_ORG, "name": "GGD Vertrouwd", "idp": {
         "protocol": "oidc", "issuer": f"{base}/trusted-idp", "client_id": "idbroker", "algorithms": ["ES256"],
-        "assurance": {"trusted_up_to": "substantial", "vocabulary": "eidas"}}})
+        "assurance": {"trusted_up_to": "substantial", "vocabulary": "eidas"}},
+        # Only one (made-up) authenticator model, proven by its vendor's root: keys without
+        # such an attestation (the test's software authenticator) are refused.
+        "authenticators": {"attestation": "allow-list", "allowed": {ALLOWED_AAGUID: ["vendor-root.crt"]}}})
+    ensure_key_pair(policy_dir, "vendor-root", common_name="Demo Authenticator Vendor Root")
     organisations.append({"id": STEPUP_ORG, "name": "Gemeente Stap", "idp": {
         "protocol": "oidc", "issuer": f"{base}/stepup-idp", "client_id": "idbroker",
         "algorithms": ["ES256"]}})

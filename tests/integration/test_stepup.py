@@ -22,6 +22,8 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from idbroker.assurance.activation import ActivationCodes
+from idbroker.assurance.factors import FactorRegistry
+from idbroker.assurance.stepup import FactorKind
 from idbroker.ratelimit import RateLimiter
 from idbroker.sessions import SsoSession
 from tests.integration.conftest import STEPUP_ORG, TRUSTED_OIDC_ORG, Chain, running_chain
@@ -520,3 +522,21 @@ def test_totp_enrolment_with_a_bad_name_or_code_can_be_corrected(chain: Chain) -
     final = browser.go(f"{chain.base}{done.headers['Location']}", stop_at=chain.rp_redirect)
     query = parse_qs(urlsplit(final.url).query)
     assert "code" in query
+
+
+def test_organisation_allow_list_refuses_an_authenticator_without_a_trusted_attestation(
+        chain: Chain) -> None:
+    browser = Browser(username="t.bos", organisation=TRUSTED_OIDC_ORG, authenticator=SoftAuthenticator(),
+                      give_up=False)
+    query, request, _ = chain.login(browser, acr_values=SUBSTANTIAL)
+    assert tokens(chain, query, request)[0]["acr"] == SUBSTANTIAL
+    page = browser.http.get(f"{chain.base}/account/factors", timeout=5)
+    reply = browser.http.post(f"{chain.base}/account/factors/confirm", timeout=5, allow_redirects=False,
+                              data={"csrf_token": re.search(r'name="csrf_token" value="([^"]+)"',
+                                                            page.text).group(1), "add": "1"})
+    step = browser.go(f"{chain.base}{reply.headers['Location']}")
+    assert "/enrol/webauthn" in step.url, step.url
+    # The browser was asked for a direct attestation, and the answer was refused.
+    assert browser.last_json.get("message") == "Dit type sleutel is niet toegestaan door uw organisatie."
+    registry = FactorRegistry(chain.broker.store)
+    assert not any(f.kind == FactorKind.WEBAUTHN for f in registry.list(session_of(chain, browser).person))
