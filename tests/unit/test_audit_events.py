@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from authlib.common.security import generate_token
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from idbroker.audit.events import AuditEvent, EventType, UnsafeAuditValue, find_secret, redact
 from idbroker.subjects import person_id
@@ -76,6 +78,13 @@ def test_a_refusal_needs_a_reason_code_and_the_refused_outcome() -> None:
         AuditEvent(type="token.issued", outcome="ok")  # type: ignore[arg-type]
 
 
+def _fresh_private_key_pem() -> str:
+    """A real private key, made for this run only (no key is ever kept in the repository)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode("ascii")
+
+
 SECRETS = {
     "a signed JWT": "eyJhbGciOiJFUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJwLTEifQ.c2lnbmF0dXJl",
     "a JWE": "eyJhbGciOiJSU0EtT0FFUCJ9.a2V5.aXY.Y2lwaGVy.dGFn",
@@ -86,7 +95,7 @@ SECRETS = {
     "a TOTP code": "004217",
     "an 8-digit OTP": "12345678",
     "the subject salt": secrets.token_hex(32),
-    "a PEM key": "-----BEGIN PRIVATE KEY-----\nMIIB",
+    "a PEM key": _fresh_private_key_pem(),
     "a TOTP provisioning URI": "otpauth://totp/idbroker:a.jansen?secret=JBSWY3DPEHPK3PXP",
     "an Authorization header": "Bearer abcdefghijklmnop",
     "a URL with a password": "redis://:s3cret@redis.example:6379/0",
