@@ -26,8 +26,8 @@ from typing import Any
 
 from idbroker.audit.chain import GENESIS, INDEXED, AuditRecord, ChainHead
 from idbroker.audit.log import AuditUnavailable, ChainedLog, CutRefused, RawEntry
+from idbroker.store.sqlite import MEMORY, create_private_file
 
-MEMORY = ":memory:"
 PAGE = 1000
 
 _SCHEMA = """
@@ -226,9 +226,7 @@ class SqliteAuditLog(ChainedLog):
 
     def _open(self) -> sqlite3.Connection:
         if self._path != MEMORY:
-            path = Path(self._path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            create_private_file(Path(self._path))
         db = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                              check_same_thread=False)
         try:

@@ -16,6 +16,7 @@ import base64
 import hmac
 import html
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable
@@ -225,8 +226,6 @@ class DemoSamlIdp:
 
     def _encrypt(self, root: etree._Element, certificate_body: str) -> etree._Element:
         pem = "-----BEGIN CERTIFICATE-----\n" + certificate_body.strip() + "\n-----END CERTIFICATE-----\n"
-        import tempfile
-
         with tempfile.NamedTemporaryFile("w", suffix=".pem", encoding="ascii") as cert_file:
             cert_file.write(pem)
             cert_file.flush()

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
@@ -55,6 +56,8 @@ from idbroker.web import (
     log,
     render_page,
 )
+
+_T = TypeVar("_T")
 
 #: An allow-list entry no authenticator can match (its "root" is no certificate).
 _NO_AUTHENTICATOR = "00000000-0000-0000-0000-000000000001"
@@ -142,6 +145,24 @@ def _check_limit(ctx: _Context, *, json: bool = False) -> Response | None:
         return None
     log.info("factor attempt refused: %s locked out for %ss", verdict.scope, verdict.retry_after)
     return _lockout(ctx, verdict, json=json)
+
+
+def _form_attempt(ctx: _Context, purpose: str, what: str, attempt: Callable[[], _T],
+                  refused_page: Callable[[str], Response]) -> _T | Response:
+    """One posted attempt at a code: the form's CSRF token, the rate limit, the attempt; a
+    refusal counts towards a lockout and shows ``refused_page`` with the reason's message key."""
+    if not csrf_ok(purpose):
+        return error_page("err_csrf", locale_hint=ctx.hint)
+    locked = _check_limit(ctx)
+    if locked is not None:
+        return locked
+    try:
+        return attempt()
+    except FactorRefused as refused:
+        verdict = _failed(ctx, refused, what)
+        if verdict is not None:
+            return _lockout(ctx, verdict)
+        return refused_page(f"reason_{refused.reason.value}")
 
 
 def _failed(ctx: _Context, refused: FactorRefused, what: str) -> Verdict | None:
@@ -290,18 +311,11 @@ def totp(txn_id: str) -> Response:
 
     if request.method == "GET":
         return show()
-    if not csrf_ok(purpose):
-        return error_page("err_csrf", locale_hint=ctx.hint)
-    locked = _check_limit(ctx)
-    if locked is not None:
-        return locked
-    try:
-        success = factor_services().totp.verify(ctx.person, request.form.get("code", ""))
-    except FactorRefused as refused:
-        verdict = _failed(ctx, refused, "totp")
-        if verdict is not None:
-            return _lockout(ctx, verdict)
-        return show(400, f"reason_{refused.reason.value}")
+    success = _form_attempt(ctx, purpose, "totp",
+                            lambda: factor_services().totp.verify(ctx.person, request.form.get("code", "")),
+                            lambda message_key: show(400, message_key))
+    if isinstance(success, Response):
+        return success
     _succeeded(ctx, success.use)
     return redirect(url_for("stepup.proceed", txn_id=txn_id), code=303)
 
@@ -391,18 +405,12 @@ def activate(txn_id: str) -> Response:
 
     if request.method == "GET":
         return show()
-    if not csrf_ok(purpose):
-        return error_page("err_csrf", locale_hint=ctx.hint)
-    locked = _check_limit(ctx)
-    if locked is not None:
-        return locked
-    try:
-        activation = factor_services().activation.verify(ctx.person, request.form.get("code", ""))
-    except FactorRefused as refused:
-        verdict = _failed(ctx, refused, "activation")
-        if verdict is not None:
-            return _lockout(ctx, verdict)
-        return show(400, f"reason_{refused.reason.value}")
+    activation = _form_attempt(
+        ctx, purpose, "activation",
+        lambda: factor_services().activation.verify(ctx.person, request.form.get("code", "")),
+        lambda message_key: show(400, message_key))
+    if isinstance(activation, Response):
+        return activation
     factor_services().limiter.success(ctx.person)
     ctx.txn.stepup = {**ctx.txn.stepup, "activation": asdict(activation)}
     broker().sessions.save_login(ctx.txn)
@@ -533,23 +541,19 @@ def enrol_totp(txn_id: str) -> Response:
         enrolment = services.totp.begin_enrolment(ctx.person, txn=ctx.txn.id, account_name=account)
         return _page(ctx, "enrol_totp.html", enrolment=enrolment, handle=enrolment.handle,
                      csrf=csrf_token(purpose), name=default_name)
-    if not csrf_ok(purpose):
-        return error_page("err_csrf", locale_hint=ctx.hint)
-    locked = _check_limit(ctx)
-    if locked is not None:
-        return locked
     handle, name = request.form.get("handle", ""), request.form.get("name", "") or default_name
-    try:
-        name = clean_name(name)  # before the code is used up: a bad name loses no enrolment
+
+    def complete() -> None:
+        # The name is checked before the code is used up: a bad name loses no enrolment.
         success = services.totp.complete_enrolment(ctx.person, handle, request.form.get("code", ""),
-                                                   txn=ctx.txn.id, name=name)
+                                                   txn=ctx.txn.id, name=clean_name(name))
         _registered(ctx, success.factor, success.use)
-    except FactorRefused as refused:
-        verdict = _failed(ctx, refused, "totp_enrol")
-        if verdict is not None:
-            return _lockout(ctx, verdict)
-        return _page(ctx, "enrol_totp.html", status=400, message_key=f"reason_{refused.reason.value}",
-                     enrolment=None, handle=handle, csrf=csrf_token(purpose), name=name)
+
+    refused = _form_attempt(ctx, purpose, "totp_enrol", complete, lambda message_key: _page(
+        ctx, "enrol_totp.html", status=400, message_key=message_key, enrolment=None, handle=handle,
+        csrf=csrf_token(purpose), name=name))
+    if isinstance(refused, Response):
+        return refused
     return redirect(url_for("stepup.proceed", txn_id=txn_id), code=303)
 
 

@@ -191,7 +191,7 @@ class SqliteStore:
 
     def _open(self) -> sqlite3.Connection:
         if self._path != MEMORY:
-            _create_private_file(Path(self._path))
+            create_private_file(Path(self._path))
         db = sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,
@@ -235,7 +235,7 @@ class SqliteStore:
             db.execute("DELETE FROM entries WHERE expires_at <= ?", (time.time(),))
 
 
-def _create_private_file(path: Path) -> None:
+def create_private_file(path: Path) -> None:
     """Create the file readable by its owner only; SQLite gives -wal and -shm the same mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

@@ -10,6 +10,7 @@ fails, the copy in hand serves on while its ``validUntil`` allows — and not a 
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import re
 import threading
@@ -45,8 +46,9 @@ class IdpMetadata:
     #: Unix time after which it should be fetched again.
     refresh_at: float
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
+        """Which pysaml2 client belongs to this metadata (asked at every login step)."""
         return hashlib.sha256(self.xml.encode("utf-8")).hexdigest()
 
 
