@@ -10,10 +10,11 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from idbroker.audit import AuditUnavailable
 from idbroker.broker import Broker
 from idbroker.config import Settings
 from idbroker.store import StoreUnavailable
-from idbroker.web import error_page, security_headers
+from idbroker.web import audit_context, error_page, security_headers
 
 log = logging.getLogger("idbroker")
 
@@ -56,7 +57,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
         SESSION_COOKIE_NAME="idb_flask",  # unused: all state is server-side
         TEMPLATES_AUTO_RELOAD=False,
     )
-    app.extensions["idbroker"] = broker if broker is not None else Broker(settings)
+    app.extensions["idbroker"] = the_broker = broker if broker is not None else Broker(settings)
+    # Fail closed from the start: a broker that cannot write its audit trail does not serve.
+    the_broker.audit.ping()
+    the_broker.provider.audit_context = audit_context
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.http.trusted_proxies)  # type: ignore[method-assign]
 
     from idbroker.login.views import bp as login_bp
@@ -69,12 +73,15 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     app.after_request(security_headers)
 
     @app.errorhandler(StoreUnavailable)
-    def store_unavailable(error: StoreUnavailable) -> Response:
-        # Fail closed: without the store nothing is issued, and people are told plainly.
-        log.error("store unavailable: %s", error)
+    @app.errorhandler(AuditUnavailable)
+    def store_unavailable(error: StoreUnavailable | AuditUnavailable) -> Response:
+        # Fail closed: without the store, or without a record in the audit trail, nothing is
+        # issued, and people are told plainly.
+        what = "audit trail" if isinstance(error, AuditUnavailable) else "store"
+        log.error("%s unavailable: %s", what, error)
         if _wants_json():
             response = jsonify(error="temporarily_unavailable",
-                               error_description="The broker cannot reach its store.")
+                               error_description=f"The broker cannot reach its {what}.")
             response.status_code = 503
             response.headers["Cache-Control"] = "no-store"
             response.headers["Retry-After"] = "30"

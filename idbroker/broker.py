@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 
+from idbroker.audit import AuditEvent, AuditLog, AuditUnavailable, EventType, open_for_settings
 from idbroker.config import Settings
 from idbroker.keys import KeyRing
 from idbroker.oidc.provider import Provider
@@ -20,25 +22,41 @@ from idbroker.upstream.saml.connector import SamlConnector, ServiceProvider
 from idbroker.upstream.saml.keys import KeyPair, ensure_key_pair
 from idbroker.upstream.saml.metadata import MetadataSource
 
+_log = logging.getLogger("idbroker")
+
 
 class Broker:
     def __init__(self, settings: Settings, *, store: Store | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, audit: AuditLog | None = None) -> None:
         self.settings = settings
         self.keys = KeyRing(settings.keys_dir,
                             retire_grace=max(settings.tokens.id_token_lifetime,
                                              settings.tokens.access_token_lifetime) * 2)
         self.store = store if store is not None else open_store(settings.store.url)
+        #: The audit trail: every session, code and token is recorded here before it leaves.
+        self.audit = audit if audit is not None else open_for_settings(settings, self.keys)
         # The running broker follows policies/: a new version is checked first and only then
         # swapped in whole; a broken one is refused loudly and the old one stays in force.
-        self.policy_holder = None if policy is not None else PolicyHolder(Path(settings.policies_dir))
+        self.policy_holder = None if policy is not None else PolicyHolder(
+            Path(settings.policies_dir), listener=self._policy_changed)
         self._fixed_policy = policy
         self.sessions = Sessions(self.store, settings.session)
-        self.provider = Provider(settings, lambda: self.policy, self.keys, self.store)
+        self.provider = Provider(settings, lambda: self.policy, self.keys, self.store, self.audit)
         self._connectors: dict[str, Connector] = {}
         self._connectors_version = ""
         self._lock = threading.Lock()
         self._saml_keys: tuple[KeyPair, KeyPair] | None = None
+
+    def _policy_changed(self, previous: str, version: str, problems: int) -> None:
+        """A reload (or a refused one) goes into the audit trail: who had which access when
+        depends on the policy version in force."""
+        outcome = {"outcome": "refused", "reason": "policy_invalid"} if problems else {}
+        try:
+            self.audit.record(AuditEvent(type=EventType.POLICY_RELOADED, **outcome, detail={
+                "previous_version": previous, "version": version, "problems": problems}))
+        except AuditUnavailable as error:
+            _log.error("audit trail unavailable; policy reload %s -> %s NOT recorded: %s",
+                       previous, version, error)
 
     @property
     def policy(self) -> Policy:

@@ -81,7 +81,18 @@ def _keys(settings: Settings, command: str) -> int:
 
     ring = KeyRing(settings.keys_dir)
     if command == "rotate":
-        added = ring.rotate()
+        from idbroker.audit import AuditEvent, AuditUnavailable, EventType, open_for_settings
+
+        audit = open_for_settings(settings, ring)
+        try:
+            audit.ping()  # no rotation that cannot be recorded
+            added = ring.rotate()
+            audit.record(AuditEvent(type=EventType.KEYS_ROTATED, detail={"kids": list(added)}))
+        except AuditUnavailable as error:
+            print(f"idbroker: the audit trail is unavailable: {error}", file=sys.stderr)
+            return 2
+        finally:
+            audit.close()
         print("added signing keys: " + ", ".join(added))
     for jwk in ring.public_jwks()["keys"]:
         print(f"{jwk['kid']}  {jwk['alg']}")

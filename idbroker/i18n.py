@@ -16,6 +16,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "app_name": "idbroker",
         "skip_to_content": "Naar de inhoud",
         "other_language": "English",
+        "team_title": "Namens welk team werkt u?",
+        "team_intro": "U zit in meer dan één team dat toegang heeft tot {client}. Kies het team "
+                      "waarvoor u nu werkt; {client} ziet alleen dat team en uw rollen daarin. "
+                      "Uw keuze wordt onthouden; u kunt hem later wijzigen.",
+        "team_roles": "Rollen: {roles}",
+        "team_current": "Huidige keuze",
+        "team_not_member": "U bent nu geen lid van dat team. Kies een van de teams hieronder.",
         "choose_title": "Kies uw organisatie",
         "choose_intro": "U logt in voor {client}. Kies de organisatie waarvoor u werkt; "
                         "u logt daarna in bij uw eigen organisatie.",
@@ -180,6 +187,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "app_name": "idbroker",
         "skip_to_content": "Skip to content",
         "other_language": "Nederlands",
+        "team_title": "Which team are you acting for?",
+        "team_intro": "You are in more than one team with access to {client}. Choose the team you "
+                      "are working for now; {client} sees only that team and your roles in it. "
+                      "Your choice is remembered; you can change it later.",
+        "team_roles": "Roles: {roles}",
+        "team_current": "Current choice",
+        "team_not_member": "You are not a member of that team now. Choose one of the teams below.",
         "choose_title": "Choose your organisation",
         "choose_intro": "You are signing in to {client}. Choose the organisation you work "
                         "for; you will then sign in with your own organisation.",

@@ -53,6 +53,8 @@ class SsoSession:
     level: str = "low"
     #: Uses of the broker's own factors in this session (``FactorUse.to_dict()``), newest last.
     factor_uses: list[dict[str, Any]] = field(default_factory=list)
+    #: The team the person chose to act for, per client (client id -> team id).
+    teams: dict[str, str] = field(default_factory=dict)
 
 
 class Sessions:
@@ -124,6 +126,11 @@ class Sessions:
     def add_factor_use(self, session: SsoSession, use: dict[str, Any], *, keep: int = 20) -> None:
         """Record a successful step-up (the newest ``keep`` uses are kept)."""
         session.factor_uses = [*session.factor_uses, use][-keep:]
+        self._save(session)
+
+    def choose_team(self, session: SsoSession, client_id: str, team_id: str) -> None:
+        """Remember the team the person acts for at this client (until they change it)."""
+        session.teams = {**session.teams, client_id: team_id}
         self._save(session)
 
     def end(self, token: str | None) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from flask import Response, current_app, g, render_template, request
 
+from idbroker.audit import AuditEvent, AuditUnavailable, EventType, UnsafeAuditValue
 from idbroker.broker import Broker
 from idbroker.i18n import choose_locale, translate
 
@@ -113,6 +114,58 @@ def csrf_header_ok(purpose: str) -> bool:
 def client_ip() -> str:
     """The client's address (behind a trusted proxy: the forwarded one, see app.TrustedProxies)."""
     return request.remote_addr or ""
+
+
+def audit_context() -> dict[str, Any]:
+    """Where a request came from, for its audit events: address, user agent, correlation id."""
+    return {"source_ip": client_ip() or None, "user_agent": request.headers.get("User-Agent"),
+            "correlation_id": correlation_id()}
+
+
+def session_fields(session: Any) -> dict[str, Any]:
+    """Who an SSO session is: the broker's person, their IdP and subject there, and the sid."""
+    identity = session.identity
+    return {"person": session.person, "upstream_issuer": identity.get("issuer"),
+            "upstream_subject": identity.get("subject"), "organisation": identity.get("organisation"),
+            "sid": session.sid}
+
+
+def audit(event_type: EventType | str, **fields: Any) -> None:
+    """Record one event, durably, before whatever it describes is handed out.
+
+    Raises :class:`~idbroker.audit.AuditUnavailable` (the app answers 503 / temporarily
+    unavailable): nothing may leave without its record. A value from outside (an IdP's
+    ``acr``, a client's parameter) that the audit guard refuses is left out, with a
+    warning, rather than turning the login into an error."""
+    log_ = broker().audit
+    try:
+        event = AuditEvent(type=event_type, **audit_context(), **fields)
+    except UnsafeAuditValue as error:
+        log.warning("audit event %s: %s; recorded without the outside values", event_type, error)
+        kept = {k: v for k, v in fields.items() if k in _OWN_FIELDS}
+        event = AuditEvent(type=event_type, correlation_id=correlation_id(), source_ip=client_ip() or None,
+                           **kept, detail={"unsafe_value_dropped": True})
+    log_.record(event)
+
+
+#: Fields the broker itself makes (ids, levels, codes of its own), never taken from outside.
+_OWN_FIELDS = frozenset({"outcome", "reason", "person", "sid", "organisation", "team", "roles", "acr",
+                         "factors"})
+
+
+def audit_quietly(event_type: EventType | str, **fields: Any) -> None:
+    """Record an event that hands nothing out (a refusal, a failed attempt): a broken audit
+    store is logged loudly instead of turning the answer into an outage page."""
+    try:
+        audit(event_type, **fields)
+    except AuditUnavailable as error:
+        log.error("audit trail unavailable; %s (%s) NOT recorded: %s", event_type,
+                  fields.get("reason", "-"), error)
+
+
+def audit_refusal(reason: str, **fields: Any) -> None:
+    """Record a refusal with its reason code (see :func:`audit_quietly`)."""
+    audit_quietly(EventType.REFUSAL, outcome="refused", reason=reason, **fields)
 
 
 def security_headers(response: Response) -> Response:

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from idbroker.audit import AuditEvent, AuditUnavailable, EventType, record_admin_event
 from idbroker.config import Settings
 from idbroker.store import Store, StoreUnavailable
 
@@ -78,6 +79,15 @@ def _run(store: Store, settings: Settings, args: argparse.Namespace) -> int:
                 return 2
         issued = codes.issue(args.person, organisation=args.organisation,
                              issued_by=args.issued_by, ttl=args.ttl)
+        try:
+            record_admin_event(settings, AuditEvent(
+                type=EventType.ACTIVATION_ISSUED, person=issued.person, organisation=args.organisation,
+                detail={"activation_id": issued.id, "issued_by": args.issued_by,
+                        "expires_at": issued.expires_at}))
+        except AuditUnavailable as error:
+            codes.revoke(issued.person)  # no record, no code
+            print(f"idbroker: the audit trail is unavailable, no code issued: {error}", file=sys.stderr)
+            return 2
         print(f"activation code for {issued.person}: {issued.code}")
         print(f"reference {issued.id}, valid until {_when(issued.expires_at)}, single use; "
               "any earlier code for this person no longer works. It is not shown again.")

@@ -33,6 +33,7 @@ __all__ = [
     "UnsafeAuditValue",
     "open_audit_log",
     "open_for_settings",
+    "record_admin_event",
 ]
 
 
@@ -45,3 +46,16 @@ def open_for_settings(settings: Settings, keys: KeyRing) -> AuditLog:
                                       every_events=settings.audit.checkpoint_every,
                                       every_seconds=settings.audit.checkpoint_seconds)
     return audit
+
+
+def record_admin_event(settings: Settings, event: AuditEvent) -> None:
+    """One durable event from an administrator's command (key rotation, an activation code):
+    opened, written and closed again. Raises :class:`AuditUnavailable`."""
+    from idbroker.keys import KeyRing
+
+    audit = open_for_settings(settings, KeyRing(settings.keys_dir))
+    try:
+        audit.ping()
+        audit.record(event)
+    finally:
+        audit.close()

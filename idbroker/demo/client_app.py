@@ -136,6 +136,12 @@ _PAGE = """<!doctype html>
 <section>
 <h2>Ingelogd</h2>
 <p>Ingelogd als <code>{{ login.id_token_view.claims.sub }}</code>.</p>
+{% set acting = login.access_token_view.claims if login.access_token_view else login.id_token_view.claims %}
+{% if acting.team %}<p data-acting-team="{{ acting.team }}">Namens team <code>{{ acting.team }}</code>
+van <code>{{ acting.organisation }}</code>, rollen <code>{{ (acting.roles or []) | join(", ") }}</code>.
+<a href="{{ url_for('login', team='kiezen') }}">Ander team kiezen</a></p>{% endif %}
+{% if login.access_token_view %}
+<p>Toegang (scope): <code>{{ login.access_token_view.claims.scope }}</code></p>{% endif %}
 <form method="post" action="{{ url_for('logout') }}">
 <input type="hidden" name="csrf_token" value="{{ csrf_token }}">
 <button class="knop" type="submit">Uitloggen</button>
@@ -282,7 +288,9 @@ def create_client_app(*, title: str, client_id: str, issuer: str, base_url: str,
     def login() -> Response:
         try:
             broker_metadata()
-            return broker.authorize_redirect(redirect_uri, **authorize_params)
+            # "Ander team kiezen": the broker asks again which team the person acts for.
+            switch = {"prompt": "select_account"} if request.args.get("team") else {}
+            return broker.authorize_redirect(redirect_uri, **authorize_params, **switch)
         except (_Refused, OAuthError, requests.RequestException, ValueError) as exc:
             return refused(exc)
 

@@ -44,13 +44,23 @@ DEMO_ACCOUNTS: dict[str, tuple[DemoAccount, ...]] = {
         DemoAccount("j.smit", DEMO_PASSWORD, "vt-418", "Jeroen Smit", "j.smit@veiligthuis.demo",
                     "418", ("vt-team-west", "vt-crisis"), acr=_LOA3),
     ),
+    # The piket (on-call) public prosecutor is listed by subject in the OM's team policy.
+    "om-midden-nederland": (
+        DemoAccount("e.mulder", DEMO_PASSWORD, "om-2201", "Eva Mulder", "e.mulder@om.demo", "2201"),
+    ),
+    "politie-midden-nederland": (
+        DemoAccount("k.dewit", DEMO_PASSWORD, "p-88123", "Kees de Wit", "k.dewit@politie.demo", "88123",
+                    ("wijkteam-binnenstad",)),
+    ),
+    # The incidental third party: invited for one case, reaches only the guest portal.
+    "woonstichting-domstad": (
+        DemoAccount("r.dekker", DEMO_PASSWORD, "d-17", "Ruud Dekker", "R.Dekker@domstad.demo", "17"),
+    ),
 }
 
-#: Demo chain applications: policy client id -> what the demo app asks for.
-DEMO_APPS = {
-    "wvggz-portaal": "openid profile email",
-    "zvh-casus": "openid profile",
-}
+#: Demo chain applications (policy client ids). Each asks for the identity scopes and all the
+#: application scopes its policy declares; the broker grants what the acting team's roles give.
+DEMO_APPS = ("wvggz-portaal", "zvh-casus", "zvh-gastportaal")
 
 
 #: What the demo chain apps ask for: the chain's agreed level, eIDAS substantial (also
@@ -115,10 +125,11 @@ def build_demo(base_url: str, *, policies: Path, state_dir: Path,
         idp_urls[organisation.id] = organisation.idp.issuer
 
     app_urls: dict[str, str] = {}
-    for client_id, scope in DEMO_APPS.items():
+    for client_id in DEMO_APPS:
         client = policy.clients.get(client_id)
         if client is None:
             continue
+        scope = " ".join(client.allowed_scopes)
         app_url = f"{base_url}/demo-app/{client_id}"
         mounts[f"/demo-app/{client_id}"] = create_client_app(
             title=client.name, client_id=client_id, issuer=base_url, base_url=app_url,

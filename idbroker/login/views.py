@@ -7,6 +7,7 @@ import time
 from flask import Blueprint, Response, redirect, request, url_for
 
 from idbroker.assurance.levels import upstream_level
+from idbroker.audit import AuditUnavailable, EventType
 from idbroker.oidc.flow import authorization_response, required_level
 from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
@@ -16,6 +17,8 @@ from idbroker.upstream.base import UpstreamError, UpstreamIdentity
 from idbroker.web import (
     ORGANISATION_COOKIE,
     SESSION_COOKIE,
+    audit,
+    audit_quietly,
     broker,
     browser_id,
     error_page,
@@ -44,6 +47,8 @@ def home_realm(policy: Policy, params: dict[str, str]) -> Organisation | None:
 def start_login(params: dict[str, str], *, force: bool = False) -> Response:
     b = broker()
     txn = b.sessions.begin_login(browser_id(), params | ({"prompt": "login"} if force else {}))
+    audit(EventType.LOGIN_STARTED, client=params.get("client_id"), scopes=params.get("scope", "").split(),
+          detail={"prompt": params.get("prompt", ""), "forced": force})
     organisation = home_realm(b.policy, params)
     if organisation is not None:
         return _to_upstream(txn, organisation)
@@ -97,6 +102,8 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
                           locale_hint=txn.params.get("ui_locales"))
     txn.organisation = organisation.id
     txn.upstream = hand_off.kept
+    audit(EventType.LOGIN_ORGANISATION_CHOSEN, organisation=organisation.id,
+          client=txn.params.get("client_id"))
     b.sessions.save_login(txn)
     response = redirect(hand_off.url)
     set_cookie(response, ORGANISATION_COOKIE, organisation.id, max_age=365 * 86400)
@@ -190,6 +197,10 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
             redirect_uri=b.upstream_callback_url(organisation.id), response=answer, kept=txn.upstream)
     except UpstreamError as error:
         log.warning("upstream %s refused: %s", organisation.id, error)
+        outcome = "failure" if error.reason == "unreachable" else "refused"
+        audit_quietly(EventType.UPSTREAM_RESULT, outcome=outcome, reason=f"upstream_{error.reason}",
+                      organisation=organisation.id,
+                      client=txn.params.get("client_id"))
         b.sessions.end_login(txn)
         status = 502 if error.reason == "unreachable" else 400 if error.reason == "invalid" else 403
         return error_page(f"err_upstream_{error.reason}", status=status,
@@ -204,8 +215,18 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
     level = upstream_level(identity.upstream_acr, trusted_up_to=assurance.trusted_level,
                            mapping=assurance.table)
     person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
+    who = {"person": person, "upstream_issuer": identity.issuer, "upstream_subject": identity.subject,
+           "organisation": organisation.id, "client": txn.params.get("client_id")}
+    audit(EventType.UPSTREAM_RESULT, **who, upstream_acr=identity.upstream_acr, acr=level.level.acr,
+          factors=identity.amr, detail={"mapping": level.reason})
     token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),
                                        level=level.level.name.lower())
+    try:
+        # The session exists only server-side until its cookie leaves: record it first.
+        audit(EventType.LOGIN_COMPLETED, **who, sid=session.sid, acr=level.level.acr)
+    except AuditUnavailable:
+        b.sessions.end(token)
+        raise
     b.provider.remember_profile(session.sid, {name: identity.attributes[name]
                                               for name in PROFILE_CLAIMS if name in identity.attributes})
     log.info("login person=%s organisation=%s sid=%s upstream_acr=%r level=%s (%s)", person,

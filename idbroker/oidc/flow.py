@@ -6,21 +6,34 @@ Kept apart from both blueprints so neither imports the other's views.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from authlib.oidc.core.errors import InteractionRequiredError
-from flask import Response, current_app, redirect, url_for
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oidc.core.errors import AccountSelectionRequiredError, InteractionRequiredError
+from flask import Response, current_app, has_request_context, redirect, request, url_for
 
 from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import Outcome, RequestError, Requirement, Unmeetable, token_acr
 from idbroker.oidc.provider import BrokerUser
+from idbroker.policy.acting import (
+    ActsFor,
+    MustChoose,
+    NoRole,
+    acting_team,
+    evaluate_login,
+    granted_scopes,
+    role_level,
+    token_roles,
+)
+from idbroker.policy.model import ClientPolicy
 from idbroker.sessions import LoginTransaction, SsoSession
 from idbroker.stepup.service import FactorServices, decide, requirement
-from idbroker.web import broker, browser_id, error_page, log
+from idbroker.web import audit_refusal, broker, browser_id, error_page, log, session_fields
 
 
 class UnmetAuthenticationRequirements(OAuth2Error):
@@ -45,9 +58,13 @@ class StoredAuthorizationRequest(OAuth2Request):
         return {}
 
 
-def authorization_error(error: OAuth2Error, locale_hint: str | None = None) -> Response:
+def authorization_error(error: OAuth2Error, locale_hint: str | None = None, *,
+                        who: dict[str, Any] | None = None) -> Response:
     """Redirect the error to the client only when its redirect URI was verified (RFC 6749
-    §4.1.2.1); otherwise tell the person on a page."""
+    §4.1.2.1); otherwise tell the person on a page. Either way the refusal is audited
+    (``who``: the session's person, when known)."""
+    audit_refusal(error.error or "invalid_request", **(who or {}),
+                  client=request.values.get("client_id") if has_request_context() else None)
     if error.redirect_uri:
         _, _, headers = error()
         location = dict(headers)["Location"]
@@ -76,9 +93,35 @@ def factor_services() -> FactorServices:
     return services
 
 
-def request_requirement(params: dict[str, str]) -> Requirement:
-    """The level this request needs (see :func:`idbroker.stepup.service.requirement`)."""
-    return requirement(broker().policy, params)
+def request_requirement(params: dict[str, str], role_min: Level | None = None) -> Requirement:
+    """The level this request needs (see :func:`idbroker.stepup.service.requirement`);
+    ``role_min`` once the person, and so the roles they would use, is known."""
+    return requirement(broker().policy, params, role_min)
+
+
+def acting_for(session: SsoSession, client: ClientPolicy,
+               params: dict[str, str]) -> ActsFor | MustChoose | NoRole:
+    """Which team the session's person acts for in this request, under the policy as it is now
+    (memberships can end, rotas turn), so it is evaluated at every authorization."""
+    b = broker()
+    decision = evaluate_login(b.policy, session.identity, session.person, client.id,
+                              datetime.now(UTC))
+    return acting_team(decision, client, remembered=session.teams.get(client.id),
+                       choose_again="select_account" in params.get("prompt", "").split())
+
+
+def person_requirement(session: SsoSession, params: dict[str, str],
+                       acting: ActsFor | MustChoose | NoRole | None = None) -> Requirement:
+    """The level this request needs once the person is known: with the minimum of the roles
+    they would use for the requested scopes. The flow and the step-up pages both ask this."""
+    client = broker().policy.clients.get(params.get("client_id", ""))
+    if client is None:
+        return request_requirement(params)
+    if acting is None:
+        acting = acting_for(session, client, params)
+    team = acting.team if isinstance(acting, ActsFor) else None
+    return request_requirement(params, role_level(team, client.id, scope_to_list(params.get("scope") or "")
+                                                  or []))
 
 
 def required_level(params: dict[str, str]) -> Level | None:
@@ -91,10 +134,10 @@ def required_level(params: dict[str, str]) -> Level | None:
     return level if level > Level.LOW else None
 
 
-def unmet(params: dict[str, str], description: str) -> Response:
+def unmet(params: dict[str, str], description: str, *, who: dict[str, Any] | None = None) -> Response:
     return authorization_error(UnmetAuthenticationRequirements(
         description, state=params.get("state"), redirect_uri=params.get("redirect_uri")),
-        params.get("ui_locales"))
+        params.get("ui_locales"), who=who)
 
 
 def authorization_response(params: dict[str, str], session: SsoSession, grant: Any = None, *,
@@ -118,44 +161,76 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
                             txn: LoginTransaction | None) -> tuple[Response, bool]:
     b = broker()
     profile = b.store.get("profile", session.sid) or {}
-    user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time, claims=profile)
+    user = BrokerUser(sub=session.person, sid=session.sid, auth_time=session.auth_time, claims=profile,
+                      person=session.person)
     if grant is None:
         oauth_request = StoredAuthorizationRequest(b.provider.endpoint("authorize"), params)
         try:
             grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
         except OAuth2Error as error:
             return authorization_error(error, params.get("ui_locales")), False
+    client = grant.request.client.policy
+    prompts = params.get("prompt", "").split()
+    who = session_fields(session)
+    acting = acting_for(session, client, params)
+    if isinstance(acting, NoRole):
+        log.info("login refused sid=%s client=%s: %s", session.sid, client.id, acting.reason)
+        return authorization_error(AccessDeniedError(
+            "you hold no role that gives access to this application", state=params.get("state"),
+            redirect_uri=params.get("redirect_uri")), params.get("ui_locales"), who=who), False
+    if isinstance(acting, MustChoose):
+        if "none" in prompts:
+            return authorization_error(AccountSelectionRequiredError(
+                state=params.get("state"), redirect_uri=params.get("redirect_uri")), who=who), False
+        txn = _continue_in_transaction(session, params, txn)
+        log.info("team choice needed sid=%s client=%s: %s", session.sid, client.id,
+                 ", ".join(team.team for team in acting.teams))
+        return redirect(url_for("stepup.team", txn_id=txn.id)), True
+    requested = scope_to_list(params.get("scope") or "") or []
     try:
-        required = request_requirement(params)
+        required = person_requirement(session, params, acting)
     except RequestError as error:
         return authorization_error(InvalidRequestError(
             str(error), state=params.get("state"), redirect_uri=params.get("redirect_uri")),
-            params.get("ui_locales")), False
+            params.get("ui_locales"), who=who), False
     except Unmeetable as error:
-        return unmet(params, str(error)), False
+        return unmet(params, str(error), who=who), False
     plan = decide(factor_services(), session, params, required, txn=txn).plan
     if plan.outcome is Outcome.UNMET:
         log.info("login below the required level and no local factor helps: %s < %s (%s)",
                  plan.achieved.level.name.lower(), required.level.name.lower(), plan.reason)
         return unmet(params, f"this login reached eIDAS {plan.achieved.level.name.lower()}, "
-                             f"{required.level.name.lower()} was required"), False
+                             f"{required.level.name.lower()} was required", who=who), False
     if plan.outcome is not Outcome.SATISFIED:
         if "none" in params.get("prompt", "").split():
             return authorization_error(InteractionRequiredError(
                 "a step-up is needed", state=params.get("state"),
-                redirect_uri=params.get("redirect_uri"))), False
-        if txn is None:
-            txn = b.sessions.begin_login(browser_id(), params)
-        txn.person = session.person
-        txn.organisation = txn.organisation or session.identity.get("organisation")
-        txn.stepup = {"purpose": "authorize", **txn.stepup}
-        b.sessions.save_login(txn)
+                redirect_uri=params.get("redirect_uri")), who=who), False
+        txn = _continue_in_transaction(session, params, txn)
         log.info("step-up needed sid=%s: %s, required %s (%s)", session.sid, plan.outcome.value,
                  required.level.name.lower(), "; ".join(required.reasons))
         return redirect(url_for("stepup.page", txn_id=txn.id)), True
     user.acr = token_acr(plan.achieved.level, required)
     user.amr = list(plan.achieved.amr)
+    user.scope = " ".join(granted_scopes(requested, client, acting.team, plan.achieved.level))
+    user.organisation = acting.organisation
+    user.team = acting.team.team if acting.team is not None else None
+    user.roles = token_roles(acting.team, client.id, plan.achieved.level)
     response = b.provider.server.create_authorization_response(
         request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])
     return response, False
+
+
+def _continue_in_transaction(session: SsoSession, params: dict[str, str],
+                             txn: LoginTransaction | None) -> LoginTransaction:
+    """The login transaction (bound to this browser and this person) that the team choice
+    and step-up pages act for; made here when the request came through SSO."""
+    b = broker()
+    if txn is None:
+        txn = b.sessions.begin_login(browser_id(), params)
+    txn.person = session.person
+    txn.organisation = txn.organisation or session.identity.get("organisation")
+    txn.stepup = {"purpose": "authorize", **txn.stepup}
+    b.sessions.save_login(txn)
+    return txn

@@ -39,6 +39,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from idbroker.audit import AuditEvent, AuditLog, EventType
 from idbroker.config import Settings
 from idbroker.keys import KeyRing, TokenInvalid
 from idbroker.policy.model import ClientPolicy, Policy
@@ -65,6 +66,15 @@ class BrokerUser:
     claims: dict[str, Any] = field(default_factory=dict)
     acr: str | None = None
     amr: list[str] = field(default_factory=list)
+    #: The granted scope (identity scopes plus the application scopes the acting team's roles
+    #: give at the achieved level); ``None`` only before the policy has been asked.
+    scope: str | None = None
+    #: Who acts: the person's organisation, the one team they act for and its roles here.
+    organisation: str | None = None
+    team: str | None = None
+    roles: list[str] = field(default_factory=list)
+    #: The broker's stable person identifier (``sub`` may be pairwise per sector).
+    person: str | None = None
 
     def get_user_id(self) -> str:
         return self.sub
@@ -89,8 +99,11 @@ class Client(ClientMixin):
         return None  # the request must name its redirect_uri; never guess one
 
     def get_allowed_scope(self, scope: str | None) -> str:
+        """What the client may ask for at all; the policy narrows the application scopes to
+        what the acting team's roles grant once the person is known."""
         requested = (scope or "").split()
-        return " ".join(s for s in dict.fromkeys(requested) if s in self.policy.scopes)
+        allowed = set(self.policy.allowed_scopes)
+        return " ".join(s for s in dict.fromkeys(requested) if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in self.policy.redirect_uris
@@ -298,15 +311,26 @@ class OpenIDConnect(OpenIDCode):
 class CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
 
+    def validate_requested_scope(self) -> None:
+        """A scope nobody defined is an error (``invalid_scope``); an identity scope this client
+        may not have is left out quietly, as RFC 6749 §3.3 allows."""
+        client: Client = self.request.client
+        known = set(SUPPORTED_SCOPES) | client.policy.application_scope_names
+        if not set((self.request.payload.scope or "").split()) <= known:
+            raise InvalidScopeError()
+
     def save_authorization_code(self, code: str, request: Any) -> None:
         provider: Provider = self.server.provider
         payload = request.payload.data
         user: BrokerUser = request.user
         lifetime = provider.settings.tokens.code_lifetime
+        # Recorded before the code exists: no record, no code (AuditUnavailable -> 503 page).
+        provider.record(EventType.CODE_ISSUED, user, request.client, user.scope or request.scope,
+                        detail={"code_sha256": hashlib.sha256(code.encode()).hexdigest()})
         provider.store.put("code", secret_key(code), {
             "client_id": request.client.client_id,
             "redirect_uri": payload.get("redirect_uri"),
-            "scope": request.scope,
+            "scope": user.scope if user.scope is not None else request.scope,
             "nonce": payload.get("nonce"),
             "code_challenge": payload.get("code_challenge"),
             "code_challenge_method": payload.get("code_challenge_method"),
@@ -379,7 +403,10 @@ class UserInfoFromToken(UserInfoEndpoint):
 
     def generate_user_info(self, user: dict[str, Any], scope: str) -> UserInfo:
         profile = self.provider.store.get("profile", str(user.get("sid"))) or {}
-        return UserInfo(self.provider.user_claims(user["sub"], profile, scope))
+        client = self.provider.policy.clients.get(str(user.get("client_id")))
+        if client is None:  # the client left the policy: nothing more than who it is
+            return UserInfo({"sub": user["sub"]})
+        return UserInfo(self.provider.user_claims(user["sub"], profile, scope, client))
 
 
 class EndSession(EndSessionEndpoint):
@@ -422,12 +449,17 @@ class BrokerAuthorizationServer(AuthorizationServer):
 class Provider:
     """Everything the OpenID Provider endpoints share: settings, policy, keys, store."""
 
-    def __init__(self, settings: Settings, policy_source: Any, keys: KeyRing, store: Store) -> None:
+    def __init__(self, settings: Settings, policy_source: Any, keys: KeyRing, store: Store,
+                 audit: AuditLog) -> None:
         self.settings = settings
         self.issuer = settings.issuer
         self._policy_source = policy_source
         self.keys = keys
         self.store = store
+        self.audit = audit
+        #: Where the current request came from, for audit events (set by the web layer,
+        #: which knows the request; this module does not).
+        self.audit_context: Any = dict
         self.client_keys = ClientKeys(settings.http.upstream_timeout)
         self.server = self._build_server()
 
@@ -446,7 +478,6 @@ class Provider:
         server = BrokerAuthorizationServer(query_client=self.query_client,
                                            save_token=lambda token, request: None)
         server.provider = self
-        server.scopes_supported = list(SUPPORTED_SCOPES)
         server.register_token_generator("default", self._generate_token)
         server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
         server.register_grant(CodeGrant, [S256CodeChallenge(required=True), OpenIDConnect(self)])
@@ -459,16 +490,46 @@ class Provider:
         server.register_endpoint(EndSession(self))
         return server
 
+    def record(self, event_type: EventType, user: BrokerUser, client: Client, scope: str, *,
+               audience: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """One durable audit event for a code or token about to be handed out."""
+        self.audit.record(AuditEvent(
+            type=event_type, person=user.person, sid=user.sid, organisation=user.organisation,
+            team=user.team, roles=tuple(user.roles), client=client.client_id,
+            audience=(audience,) if audience else (), scopes=tuple(scope.split()), acr=user.acr,
+            factors=tuple(user.amr), detail=detail or {}, **self.audit_context()))
+
     # -- what tokens say -----------------------------------------------------------
 
-    def user_claims(self, sub: str, profile: dict[str, Any], scope: str) -> dict[str, Any]:
-        """Only the claims the granted scopes ask for (data minimisation)."""
+    def user_claims(self, sub: str, profile: dict[str, Any], scope: str,
+                    client: ClientPolicy | None = None) -> dict[str, Any]:
+        """Only the claims the granted scopes ask for and the client may receive (data
+        minimisation: each organisation is its own controller)."""
+        received = client.received_claims if client is not None else None
         claims: dict[str, Any] = {"sub": sub}
         for scope_name in scope.split():
             for name in SCOPE_CLAIMS.get(scope_name, ()):
-                if profile.get(name) not in (None, ""):
+                if profile.get(name) not in (None, "") and (received is None or name in received):
                     claims[name] = profile[name]
         return claims
+
+    def acting_claims(self, user: BrokerUser, client: ClientPolicy, *,
+                      for_api: bool = False) -> dict[str, Any]:
+        """Who acts for whom: organisation, team, roles and the stable person identifier.
+
+        An ID token gets what the client may receive; an access token always names the
+        acting organisation, team and roles (its API decides on them) and the person only
+        where the client may receive it."""
+        organisation = self.policy.organisations.get(user.organisation or "")
+        available: dict[str, Any] = {
+            "organisation": user.organisation,
+            "organisation_kind": organisation.kind if organisation is not None else None,
+            "team": user.team, "roles": list(user.roles) if user.team else None,
+            "person": user.person,
+        }
+        always = {"organisation", "team", "roles"} if for_api else set()
+        return {name: value for name, value in available.items()
+                if value not in (None, "", []) and (name in always or name in client.received_claims)}
 
     def _generate_token(self, grant_type: str, client: Client, user: BrokerUser | None = None,
                         scope: str | None = None, expires_in: int | None = None,
@@ -486,6 +547,9 @@ class Provider:
             claims["acr"] = user.acr
         if user.amr:
             claims["amr"] = user.amr
+        claims.update(self.acting_claims(user, client.policy, for_api=True))
+        self.record(EventType.TOKEN_ISSUED, user, client, scope or "", audience=claims["aud"],
+                    detail={"jti": claims["jti"], "grant_type": grant_type, "expires_in": lifetime})
         return {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                 "expires_in": lifetime, "scope": scope or ""}
 
@@ -505,7 +569,9 @@ class Provider:
             "iat": now, "exp": now + self.settings.tokens.id_token_lifetime,
             "auth_time": user.auth_time, "sid": user.sid,
         }
-        claims.update(self.user_claims(user.sub, user.claims, code.get_scope() if code else "openid"))
+        claims.update(self.user_claims(user.sub, user.claims, code.get_scope() if code else "openid",
+                                       client.policy))
+        claims.update(self.acting_claims(user, client.policy))
         if code and code.get_nonce():
             claims["nonce"] = code.get_nonce()
         if user.acr:

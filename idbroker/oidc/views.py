@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import RequestError, Unmeetable
+from idbroker.audit import EventType
 from idbroker.login.views import start_login
 from idbroker.oidc.flow import (
     StoredAuthorizationRequest,
@@ -23,6 +24,8 @@ from idbroker.oidc.flow import (
 from idbroker.oidc.provider import SCOPE_CLAIMS, SUPPORTED_SCOPES
 from idbroker.web import (
     SESSION_COOKIE,
+    audit,
+    audit_refusal,
     broker,
     clear_cookie,
     csrf_ok,
@@ -30,6 +33,7 @@ from idbroker.web import (
     error_page,
     log,
     render_page,
+    session_fields,
 )
 
 bp = Blueprint("oidc", __name__)
@@ -75,6 +79,11 @@ def _refuse_repeated_parameters(redirect_uri: str, state: str | None) -> None:
 @bp.post("/token")
 def token() -> Response:
     response = broker().provider.server.create_token_response()
+    if response.status_code in (400, 401):
+        error = (response.get_json(silent=True) or {}).get("error")
+        audit_refusal(error if isinstance(error, str) else "invalid_request",
+                      client=request.form.get("client_id"),
+                      detail={"grant_type": request.form.get("grant_type", "")[:64]})
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
@@ -149,6 +158,8 @@ def end_session() -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     session = b.sessions.get(token)
     if session is not None:
+        audit(EventType.SESSION_ENDED, **session_fields(session),
+              detail={"clients": list(session.clients)})
         b.provider.forget_profile(session.sid)
         b.sessions.end(token)
     response = server.create_endpoint_response("end_session", end_request)

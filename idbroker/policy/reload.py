@@ -33,7 +33,8 @@ class PolicyHolder:
     """Thread-safe holder of the current policy version of one broker process."""
 
     def __init__(self, directory: Path, *, interval: float = 5.0, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger | None = None,
+                 listener: Callable[[str, str, int], None] | None = None) -> None:
         """Load the policy now; a broken policy raises :class:`PolicyError` (the broker must
         not start on it)."""
         self.directory = Path(directory)
@@ -41,6 +42,9 @@ class PolicyHolder:
         self._environ = environ
         self._clock = clock
         self._log = logger or _log
+        #: Told of every reload after the first load: (version in force before, the new
+        #: version, its number of problems; > 0: refused, the old one stays in force).
+        self._listener = listener
         self._lock = threading.Lock()
         fingerprint = _fingerprint(self.directory)
         snapshot = read_policy_files(self.directory)
@@ -124,6 +128,7 @@ class PolicyHolder:
                     "policy NOT reloaded: %s version %s has %d problem(s); still enforcing version %s\n  %s",
                     self.directory, version, len(report.problems), self._version,
                     "\n  ".join(str(problem) for problem in report.problems))
+                self._tell(self._version, version, len(report.problems))
                 return False
             previous = self._version
             self._policy, self._version = report.policy, version
@@ -132,6 +137,7 @@ class PolicyHolder:
                               "%d clients)", self.directory, version, previous,
                               len(report.policy.organisations), len(report.policy.teams),
                               len(report.policy.clients))
+            self._tell(previous, version, 0)
             return True
         except Exception:
             self._log.exception("policy NOT reloaded: %s could not be checked; still enforcing version %s",
@@ -139,6 +145,14 @@ class PolicyHolder:
             return False
         finally:
             self._lock.release()
+
+
+    def _tell(self, previous: str, version: str, problems: int) -> None:
+        if self._listener is not None:
+            try:
+                self._listener(previous, version, problems)
+            except Exception:  # a listener's failure never undoes or blocks a reload
+                self._log.exception("policy reload listener failed")
 
 
 def _fingerprint(directory: Path) -> Fingerprint:

@@ -46,17 +46,16 @@ class FactorServices:
         self.limiter = RateLimiter(store, purpose="factor")
 
 
-def requirement(policy: Any, params: dict[str, str]) -> Requirement:
+def requirement(policy: Any, params: dict[str, str], role_min: Level | None = None) -> Requirement:
     """The level the request needs: client minimum, roles' minimum, ``acr_values``, ``claims``.
 
+    ``role_min`` is the minimum of the roles the person would use (see
+    :func:`idbroker.policy.acting.role_level`); unknown before the upstream login.
     Raises :class:`idbroker.assurance.stepup.RequestError` (bad ``claims``) or
     :class:`~idbroker.assurance.stepup.Unmeetable`.
     """
     client = policy.clients.get(params.get("client_id", ""))
     client_min = getattr(client, "minimum_level", None)
-    # Seam for the role policy: the minimum level of the roles the person would use.
-    # Until the role evaluation is wired into the login, no role raises the requirement.
-    role_min: Level | None = None
     return required_level(client_min, role_min, params.get("acr_values"), params.get("claims"))
 
 
@@ -101,11 +100,9 @@ def decide(services: FactorServices, session: SsoSession, params: dict[str, str]
 
 def security_event(refused: FactorRefused | None, *, what: str, person: str | None, ip: str | None,
                    level: int = logging.WARNING, **extra: Any) -> None:
-    """A refusal worth an audit record (possible attack), logged without codes or secrets.
-
-    Seam for the audit trail (idbroker.audit): once it is wired into the broker, this is
-    where the event is recorded.
-    """
+    """A refusal worth the security log's attention (possible attack), without codes or
+    secrets. The audit trail records the same refusals itself (the step-up views call
+    :func:`idbroker.web.audit_refusal`); this line is for the operators' monitoring."""
     reason = refused.reason.value if refused is not None else what
     details = " ".join(f"{k}={v}" for k, v in sorted(extra.items()))
     security_log.log(level, "security event %s reason=%s person=%s ip=%s %s", what, reason, person, ip,

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,13 +38,18 @@ from idbroker.assurance.stepup import (
     may_enrol_first_factor,
 )
 from idbroker.assurance.webauthn import ACCEPT_ANY, AttestationPolicy
+from idbroker.audit import EventType
 from idbroker.i18n import translate
-from idbroker.oidc.flow import authorization_response, factor_services, request_requirement, unmet
+from idbroker.oidc.flow import authorization_response, factor_services, person_requirement, unmet
+from idbroker.policy.acting import evaluate_login
 from idbroker.ratelimit import Verdict
 from idbroker.sessions import LoginTransaction, SsoSession
 from idbroker.stepup.service import decide, security_event
 from idbroker.web import (
     SESSION_COOKIE,
+    audit,
+    audit_quietly,
+    audit_refusal,
     broker,
     browser_id,
     client_ip,
@@ -55,6 +61,7 @@ from idbroker.web import (
     locale,
     log,
     render_page,
+    session_fields,
 )
 
 _T = TypeVar("_T")
@@ -102,6 +109,7 @@ def _load(txn_id: str, *, json: bool = False) -> _Context | Response:
     if session.person != txn.person:
         security_event(FactorRefused(Reason.OTHER_PERSON), what="stepup_other_person",
                        person=session.person, ip=client_ip(), login_person=txn.person)
+        audit_refusal("stepup_other_person", **session_fields(session), detail={"login_person": txn.person})
         return _refusal_json("err_stepup_other_person", 403) if json else error_page(
             "err_stepup_other_person", status=403, locale_hint=txn.params.get("ui_locales"))
     return _Context(txn, session)
@@ -176,14 +184,21 @@ def _failed(ctx: _Context, refused: FactorRefused, what: str) -> Verdict | None:
         if verdict.newly_locked:
             security_event(FactorRefused(Reason.LOCKED_OUT), what=what, person=ctx.person, ip=client_ip(),
                            scope=verdict.scope)
+            audit_refusal("locked_out", **session_fields(ctx.session), detail={"scope": verdict.scope})
     if refused.audit:
         security_event(refused, what=what, person=ctx.person, ip=client_ip(),
                        factor=refused.factor_id or "-")
+    audit_quietly(EventType.STEPUP_COMPLETED, outcome="failure", reason=refused.reason.value,
+                  **session_fields(ctx.session), factors=(what,),
+                  detail={"factor_id": refused.factor_id} if refused.factor_id else {})
     return verdict if verdict is not None and not verdict.allowed else None
 
 
 def _succeeded(ctx: _Context, use: FactorUse) -> None:
     b = broker()
+    # The factor raises the session's level: recorded before the session says so.
+    audit(EventType.STEPUP_COMPLETED, **session_fields(ctx.session), factors=(use.kind.value,),
+          client=ctx.txn.params.get("client_id"))
     factor_services().limiter.success(ctx.person)
     b.sessions.add_factor_use(ctx.session, use.to_dict())
     log.info("factor %s used by person=%s sid=%s", use.kind.value, ctx.person, ctx.session.sid)
@@ -200,7 +215,7 @@ def _offer(ctx: _Context) -> tuple[Outcome, tuple[FactorKind, ...]] | Response:
             return Outcome.SATISFIED, ()
         return (Outcome.STEP_UP, offer) if offer else (Outcome.ENROL, tuple(FactorKind))
     try:
-        required = request_requirement(ctx.txn.params)
+        required = person_requirement(ctx.session, ctx.txn.params)
     except (RequestError, Unmeetable):
         return Outcome.UNMET, ()
     plan = decide(services, ctx.session, ctx.txn.params, required, txn=ctx.txn).plan
@@ -238,7 +253,7 @@ def page(txn_id: str) -> Response:
     client = broker().policy.clients.get(ctx.txn.params.get("client_id", ""))
     lang = locale(ctx.hint)
     try:
-        level = request_requirement(ctx.txn.params).level if not ctx.manage else Level.SUBSTANTIAL
+        level = person_requirement(ctx.session, ctx.txn.params).level if not ctx.manage else Level.SUBSTANTIAL
     except (RequestError, Unmeetable):
         level = Level.SUBSTANTIAL
     if len(offer) == 1 and request.args.get("choose") is None:
@@ -273,6 +288,54 @@ def proceed(txn_id: str) -> Response:
     return authorization_response(ctx.txn.params, ctx.session, txn=ctx.txn)
 
 
+# -- the team choice --------------------------------------------------------------------------
+
+
+@bp.route("/team/<txn_id>", methods=["GET", "POST"])
+def team(txn_id: str) -> Response:
+    """Which team the person acts for at this client: asked when several teams grant on it
+    (or the client sent ``prompt=select_account``), remembered per client in the session."""
+    ctx = _load(txn_id)
+    if isinstance(ctx, Response):
+        return ctx
+    b = broker()
+    client = b.policy.clients.get(ctx.txn.params.get("client_id", ""))
+    if client is None:
+        return error_page("err_login_expired", locale_hint=ctx.hint)
+    decision = evaluate_login(b.policy, ctx.session.identity, ctx.person, client.id, datetime.now(UTC))
+    candidates = {team_id: decision.teams[team_id] for team_id in decision.teams_for_client}
+    purpose = f"team:{txn_id}"
+
+    def show(status: int = 200, message_key: str | None = None) -> Response:
+        teams = [{"id": found.team, "name": found.team_name,
+                  "roles": ", ".join(role.name for role in found.role_objects if client.id in role.grants)}
+                 for found in candidates.values()]
+        return _page(ctx, "team.html", status=status, message_key=message_key, teams=teams,
+                     csrf=csrf_token(purpose), client_name=client.name,
+                     current=ctx.session.teams.get(client.id))
+
+    if request.method == "GET":
+        # Nothing to choose (any more): the flow decides, or says why there is no access.
+        return show() if len(candidates) > 1 else redirect(url_for("stepup.proceed", txn_id=txn_id))
+    if not csrf_ok(purpose):
+        return error_page("err_csrf", locale_hint=ctx.hint)
+    chosen = request.form.get("team", "")
+    if chosen not in candidates:
+        log.info("team choice refused person=%s client=%s: not a member of %r now", ctx.person,
+                 client.id, chosen[:64])
+        audit_refusal("not_a_member", **session_fields(ctx.session), client=client.id)
+        return show(400, "team_not_member")
+    audit(EventType.TEAM_CHOSEN, **session_fields(ctx.session), client=client.id, team=chosen,
+          roles=candidates[chosen].roles_for(client.id))
+    b.sessions.choose_team(ctx.session, client.id, chosen)
+    prompts = [p for p in ctx.txn.params.get("prompt", "").split() if p != "select_account"]
+    params = {k: v for k, v in ctx.txn.params.items() if k != "prompt"}
+    ctx.txn.params = params | ({"prompt": " ".join(prompts)} if prompts else {})
+    b.sessions.save_login(ctx.txn)
+    log.info("team chosen person=%s client=%s team=%s", ctx.person, client.id, chosen)
+    return redirect(url_for("stepup.proceed", txn_id=txn_id), code=303)
+
+
 @bp.post("/stepup/<txn_id>/cancel")
 def cancel(txn_id: str) -> Response:
     ctx = _load(txn_id)
@@ -284,6 +347,7 @@ def cancel(txn_id: str) -> Response:
     if ctx.manage:
         return redirect(url_for("stepup.factors"))
     log.info("step-up cancelled by person=%s", ctx.person)
+    audit_refusal("stepup_cancelled", **session_fields(ctx.session), client=ctx.txn.params.get("client_id"))
     return unmet(ctx.txn.params, "the person did not complete the step-up")
 
 
@@ -451,6 +515,10 @@ def _registered(ctx: _Context, factor: Factor, use: FactorUse) -> None:
         broker().sessions.save_login(ctx.txn)
     security_event(None, what="factor_enrolled", person=ctx.person, ip=client_ip(), level=logging.INFO,
                    kind=factor.kind.value, factor=factor.id, activation=(kept or {}).get("id", "-"))
+    if kept:
+        audit(EventType.ACTIVATION_USED, **session_fields(ctx.session), detail={"activation_id": kept["id"]})
+    audit(EventType.ENROLMENT_COMPLETED, **session_fields(ctx.session), factors=(factor.kind.value,),
+          detail={"factor_id": factor.id, "activation_id": (kept or {}).get("id")})
     _succeeded(ctx, use)
 
 
@@ -634,6 +702,8 @@ def factor_change(factor_id: str, action: str) -> Response:
             security_event(None, what="factor_removed", person=session.person, ip=client_ip(),
                            level=logging.INFO,
                            kind=removed.kind.value, factor=removed.id)
+            audit(EventType.ENROLMENT_REMOVED, **session_fields(session), factors=(removed.kind.value,),
+                  detail={"factor_id": removed.id})
     except FactorRefused as refused:
         return redirect(url_for("stepup.factors", m=refused.reason.value), code=303)
     return redirect(url_for("stepup.factors", changed="1"), code=303)

@@ -144,6 +144,9 @@ STEPUP_ORG = "gemeente-stap"
 STEPUP_ACCOUNTS = tuple(DemoAccount(f"s{n:02d}", "demo", f"stap-{n:02d}", f"Stap Tester {n:02d}",
                                     f"s{n:02d}@stap.demo", str(n), ("stap",)) for n in range(1, 61))
 
+#: A test client that only roles open (application scopes), see ``write_test_policy``.
+ROLES_CLIENT = "test-roles"
+
 #: The one authenticator model the trusted organisation's policy allows.
 ALLOWED_AAGUID = "8b1f5b5e-7d3c-4f7e-9a51-2f0c6d1e4a77"
 
@@ -202,6 +205,13 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
          "auth_method": "client_secret_basic",
          "client_secret_sha256": hashlib.sha256(BASIC_SECRET.encode()).hexdigest(),
          "scopes": ["openid", "profile"], "id_token_signed_response_alg": "RS256"},
+        # Opens only through roles (application scopes), for the role-policy tests.
+        {"id": ROLES_CLIENT, "name": "Test roles", "redirect_uris": [f"{base}/test-rp/cb"],
+         "auth_method": "private_key_jwt",
+         "jwks": {"keys": [rp_key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
+         "scopes": ["openid", "profile", "email"], "claims": ["name", "organisation", "team", "roles", "acr"],
+         "application_scopes": [{"name": "roles.agenda", "personal_data": False}, "roles.casus",
+                                "roles.dossier"]},
     ]}
     if "min_level" in ClientPolicy.model_fields:
         # The test clients need no more than the request asks for (the policy's default is
@@ -209,6 +219,14 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
         for client in clients["clients"]:
             client["min_level"] = "low"
     (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
+    # Every step-up tester is in one team whose roles need low, substantial and high.
+    teams = {"teams": [{"id": "stap-team", "organisation": STEPUP_ORG, "name": "Stapteam", "roles": [
+        {"id": "planner", "min_level": "low", "grants": {ROLES_CLIENT: ["roles.agenda"]}},
+        {"id": "medewerker", "min_level": "substantial",
+         "grants": {ROLES_CLIENT: ["roles.agenda", "roles.casus"]}},
+        {"id": "specialist", "min_level": "high", "grants": {ROLES_CLIENT: ["roles.dossier"]}},
+    ], "members": [{"group": "stap"}]}]}
+    (policy_dir / "test-teams.yaml").write_text(json.dumps(teams), encoding="utf-8")
 
 
 @contextmanager

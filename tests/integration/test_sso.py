@@ -24,14 +24,14 @@ def test_demo_apps_share_one_login(chain: Chain) -> None:
     second one without a new login at the organisation's IdP. They ask for eIDAS
     substantial: the first login enrols an authenticator app with an activation code, the
     second app gets its code from the SSO session and the step-up already given."""
-    browser = chain.enrolling_browser(username="p.devries", organisation="ggz-centraal")
+    browser = chain.enrolling_browser(username="m.visser", organisation="veilig-thuis-utrecht")
     first = browser.go(chain.demo.app_urls["wvggz-portaal"] + "login")
-    assert first.status == 200 and "Pieter de Vries" in first.body, first.body[:400]
+    assert first.status == 200 and "Marieke Visser" in first.body, first.body[:400]
     assert "http://eidas.europa.eu/LoA/substantial" in first.body
     logins_at_idp = sum("/demo-idp/" in s.url and "/login" in s.url for s in browser.history)
     assert logins_at_idp == 1
     second = browser.go(chain.demo.app_urls["zvh-casus"] + "login")
-    assert second.status == 200 and "Pieter de Vries" in second.body
+    assert second.status == 200 and "Marieke Visser" in second.body
     assert sum("/demo-idp/" in s.url and "/login" in s.url for s in browser.history) == 1
     assert '&#34;alg&#34;: &#34;PS256&#34;' in second.body  # zvh-casus is registered for PS256 ID tokens
 

@@ -72,6 +72,8 @@ class Browser:
     authenticator: SoftAuthenticator | None = None
     prefer: str = "webauthn"
     give_up: bool = True
+    #: The team to act for when the broker asks (None: stop at the team page).
+    team: str | None = None
     #: What the WebAuthn JSON endpoints answered last (for refusal tests).
     last_json: dict[str, Any] | None = None
 
@@ -113,6 +115,10 @@ class Browser:
             return urljoin(url, unescape(form.group(1))), "POST", fields
         if "/stepup/" in url and self.history[-1].status in (200, 400):
             return self._step_up(url, body)
+        if "/team/" in url and self.team and self.history[-1].status == 200:
+            forms = self.forms(url, body)
+            if "team" in forms:
+                return forms["team"][0], "POST", {**forms["team"][1], "team": self.team}
         return None
 
     # -- the step-up pages -------------------------------------------------------------------

@@ -53,3 +53,19 @@ def test_a_broken_version_is_refused_loudly_and_the_old_one_stays(
     assert broker.policy_version == version
     assert "gemeente-utrecht" in broker.policy.organisations
     assert "policy NOT reloaded" in caplog.text and "broken.yaml:2" in caplog.text
+
+
+def test_reloads_and_refusals_are_in_the_audit_trail(broker: Broker, tmp_path: Path) -> None:
+    from idbroker.audit.log import records
+
+    first = broker.policy_version
+    (tmp_path / "policies" / "ggd.yaml").write_text(NEW_ORGANISATION, encoding="utf-8")
+    assert broker.policy_holder is not None and broker.policy_holder.refresh(force=True)
+    second = broker.policy_version
+    (tmp_path / "policies" / "broken.yaml").write_text("clients:\n  - id: Bad Id\n", encoding="utf-8")
+    assert not broker.policy_holder.refresh(force=True)
+    events = [r.event for r in records(broker.audit) if r.event["type"] == "policy.reloaded"]
+    assert events[0]["outcome"] == "success"
+    assert (events[0]["detail"]["previous_version"], events[0]["detail"]["version"]) == (first, second)
+    assert events[1]["outcome"] == "refused" and events[1]["reason"] == "policy_invalid"
+    assert events[1]["detail"]["previous_version"] == second and events[1]["detail"]["problems"] >= 1

@@ -64,3 +64,38 @@ def test_factor_key_is_added_to_an_existing_secrets_file(tmp_path: Path) -> None
     assert on_disk["factor_key"] == ring.secrets["factor_key"]
     assert KeyRing(tmp_path).secrets["factor_key"] == ring.secrets["factor_key"]  # stable
     assert (tmp_path / "secrets.json").stat().st_mode & 0o777 == 0o600
+
+
+def _audit_events(tmp_path: Path) -> list[dict]:
+    from idbroker.audit import open_audit_log
+    from idbroker.audit.log import records
+
+    return [record.event for record in records(open_audit_log(f"sqlite:///{tmp_path}/s-audit.db"))]
+
+
+def test_an_issued_code_and_a_key_rotation_are_in_the_audit_trail(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config", str(config), "enrol", "issue", "--person", PERSON, "--issued-by", "fb-beheer"]
+    assert main(argv) == 0
+    code = re.search(r"activation code for p-\w+: ([0-9A-Z-]{19})", capsys.readouterr().out).group(1)
+    assert main(["--config", str(config), "keys", "rotate"]) == 0
+    events = _audit_events(tmp_path)
+    issued = next(e for e in events if e["type"] == "activation.issued")
+    assert issued["person"] == PERSON and issued["detail"]["issued_by"] == "fb-beheer"
+    assert code not in json.dumps(events) and code.replace("-", "") not in json.dumps(events)
+    rotated = next(e for e in events if e["type"] == "keys.rotated")
+    assert len(rotated["detail"]["kids"]) == 3
+
+
+def test_no_code_is_issued_and_no_key_rotated_when_the_audit_trail_is_unavailable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "idbroker.yaml"
+    config.write_text(f"issuer: http://localhost:8080\nkeys_dir: keys\n"
+                      f"store:\n  url: sqlite:///{tmp_path}/s.db\naudit:\n  url: redis://127.0.0.1:1/0\n")
+    assert main(["--config", str(config), "enrol", "issue", "--person", PERSON]) == 2
+    captured = capsys.readouterr()
+    assert "audit trail is unavailable" in captured.err and "activation code for" not in captured.out
+    assert ActivationCodes(SqliteStore(tmp_path / "s.db")).outstanding(PERSON) is None
+    kids_before = [k["kid"] for k in KeyRing(tmp_path / "keys").public_jwks()["keys"]]
+    assert main(["--config", str(config), "keys", "rotate"]) == 2
+    assert [k["kid"] for k in KeyRing(tmp_path / "keys").public_jwks()["keys"]] == kids_before
