@@ -18,7 +18,8 @@ from idbroker.web import audit_context, error_page, security_headers
 
 log = logging.getLogger("idbroker")
 
-_JSON_ENDPOINTS = {"oidc.token", "oidc.userinfo", "oidc.jwks", "oidc.discovery"}
+_JSON_ENDPOINTS = {"oidc.token", "oidc.userinfo", "oidc.jwks", "oidc.discovery", "oidc.introspection",
+                   "oidc.revocation"}
 
 
 class TrustedProxies:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from idbroker.policy.model import ClientPolicy
 
 
 def person_id(salt: str, organisation: str, upstream_subject: str) -> str:
@@ -16,3 +20,19 @@ def person_id(salt: str, organisation: str, upstream_subject: str) -> str:
     digest = hmac.new(salt.encode(), f"{organisation}\x1f{upstream_subject}".encode(),
                       hashlib.sha256).digest()
     return "p-" + base64.b32encode(digest[:20]).decode("ascii").lower().rstrip("=")
+
+
+def subject_for(salt: str, person: str, client: ClientPolicy) -> str:
+    """The ``sub`` a client sees for a person.
+
+    ``public``: the person identifier itself (one ``sub`` for every such client).
+    ``pairwise``: an HMAC over (sector, person), so it is stable for one person across the
+    clients of one sector and unlinkable across sectors without the salt; the audit trail
+    records the person next to it, which is how the two are linked. The ``pairwise:`` label
+    keeps these HMACs apart from :func:`person_id`'s under the same salt.
+    """
+    if client.subject_type == "public":
+        return person
+    message = f"pairwise\x1f{client.sector_id}\x1f{person}".encode()
+    digest = hmac.new(salt.encode(), message, hashlib.sha256).digest()
+    return "s-" + base64.b32encode(digest[:20]).decode("ascii").lower().rstrip("=")

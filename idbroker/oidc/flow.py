@@ -33,6 +33,8 @@ from idbroker.policy.acting import (
 from idbroker.policy.model import ClientPolicy
 from idbroker.sessions import LoginTransaction, SsoSession
 from idbroker.stepup.service import FactorServices, decide, requirement
+from idbroker.subjects import subject_for
+from idbroker.tokens import TokenError, resolve_resource
 from idbroker.web import audit_refusal, broker, browser_id, error_page, log, session_fields
 
 
@@ -187,6 +189,14 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
                  ", ".join(team.team for team in acting.teams))
         return redirect(url_for("stepup.team", txn_id=txn.id)), True
     requested = scope_to_list(params.get("scope") or "") or []
+    audience = client.audience
+    if params.get("resource"):
+        try:
+            audience = resolve_resource(b.policy, client, params["resource"]).aud
+        except TokenError as error:
+            refused = OAuth2Error(error.description, state=params.get("state"),
+                                  redirect_uri=params.get("redirect_uri"), error=error.error)
+            return authorization_error(refused, params.get("ui_locales"), who=who), False
     try:
         required = person_requirement(session, params, acting)
     except RequestError as error:
@@ -216,6 +226,10 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
     user.organisation = acting.organisation
     user.team = acting.team.team if acting.team is not None else None
     user.roles = token_roles(acting.team, client.id, plan.achieved.level)
+    user.sub = subject_for(b.keys.secrets["subject_salt"], session.person, client)
+    user.audience = audience
+    user.session_ends_at = session.created_at + b.settings.session.absolute_timeout
+    user.identity = dict(session.identity)
     response = b.provider.server.create_authorization_response(
         request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])

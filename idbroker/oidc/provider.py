@@ -10,15 +10,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 from authlib.common.encoding import urlsafe_b64encode
+from authlib.consts import default_json_headers
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
     ClientMixin,
@@ -26,11 +30,15 @@ from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Request,
+    UnauthorizedClientError,
 )
-from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode, UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants.util import is_openid_scope
@@ -39,11 +47,32 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from idbroker.audit import AuditEvent, AuditLog, EventType
+from idbroker.assurance.levels import Level
+from idbroker.audit import AuditEvent, AuditLog, AuditUnavailable, EventType, UnsafeAuditValue
 from idbroker.config import Settings
 from idbroker.keys import KeyRing, TokenInvalid
+from idbroker.policy.acting import evaluate_login, granted_scopes, token_roles
+from idbroker.policy.evaluate import Decision, NotAMember
 from idbroker.policy.model import ClientPolicy, Policy
 from idbroker.store import Store, secret_key
+from idbroker.subjects import subject_for
+from idbroker.tokens import GRANT_TYPE as TOKEN_EXCHANGE
+from idbroker.tokens import (
+    InactiveToken,
+    RefreshGrant,
+    RefreshReuse,
+    RefreshTokens,
+    Revocations,
+    TokenError,
+    decide_exchange,
+    introspect,
+    level_of_acr,
+    resolve_resource,
+    verify_access_token,
+)
+from idbroker.tokens.exchange import check_subject_token
+
+_log = logging.getLogger("idbroker")
 
 #: Algorithms a client may sign its assertions with, by key type; never HS* or none.
 _ALGORITHMS_BY_KTY = {"EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"},
@@ -53,7 +82,9 @@ SCOPE_CLAIMS = {
     "profile": ("name", "given_name", "family_name", "employee_number"),
     "email": ("email",),
 }
-SUPPORTED_SCOPES = ("openid", "profile", "email")
+SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
+#: How clients authenticate at the token, introspection and revocation endpoints.
+CLIENT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
 
 
 @dataclass
@@ -75,6 +106,12 @@ class BrokerUser:
     roles: list[str] = field(default_factory=list)
     #: The broker's stable person identifier (``sub`` may be pairwise per sector).
     person: str | None = None
+    #: The access token's ``aud`` (an RFC 8707 resource of the client, or its default).
+    audience: str | None = None
+    #: When the SSO session reaches its absolute limit (no refresh token outlives it), and the
+    #: upstream identity the policy is evaluated on again at every refresh.
+    session_ends_at: float | None = None
+    identity: dict[str, Any] | None = None
 
     def get_user_id(self) -> str:
         return self.sub
@@ -120,6 +157,12 @@ class Client(ClientMixin):
         return response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
+        """The code grant for all; refresh only with ``offline_access`` among the client's
+        scopes; token exchange only with a ``token_exchange`` rule in its policy."""
+        if grant_type == "refresh_token":
+            return self.policy.refresh_tokens
+        if grant_type == TOKEN_EXCHANGE:
+            return bool(self.policy.token_exchange)
         return grant_type == "authorization_code"
 
 
@@ -212,7 +255,8 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         self.provider = provider
 
     def get_audiences(self) -> list[str]:
-        return [self.provider.issuer, self.provider.endpoint("token")]
+        return [self.provider.issuer, self.provider.endpoint("token"), self.provider.endpoint("introspect"),
+                self.provider.endpoint("revoke")]
 
     def process_assertion_claims(self, assertion: str, resolve_key: KeySet) -> dict[str, Any]:
         """Verify under the one key the ``kid`` names and that key's own algorithm.
@@ -309,7 +353,7 @@ class OpenIDConnect(OpenIDCode):
 
 
 class CodeGrant(AuthorizationCodeGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def validate_requested_scope(self) -> None:
         """A scope nobody defined is an error (``invalid_scope``); an identity scope this client
@@ -384,11 +428,10 @@ class JwtBearerValidator(BearerTokenValidator):
         self.provider = provider
 
     def authenticate_token(self, token_string: str) -> AccessToken | None:
+        """Live tokens only: expired, revoked (on any instance) or foreign ones are refused."""
         try:
-            claims = self.provider.keys.verify(token_string, typ="at+jwt")
-        except TokenInvalid:
-            return None
-        if claims.get("iss") != self.provider.issuer:
+            claims = self.provider.verify_access_token(token_string)
+        except InactiveToken:
             return None
         return AccessToken(claims, self.provider.query_client(str(claims.get("client_id"))))
 
@@ -434,6 +477,143 @@ class EndSession(EndSessionEndpoint):
         """Flask-side: the view ends the browser's session (it owns the cookie)."""
 
 
+def _oauth_error(error: TokenError) -> OAuth2Error:
+    """The domain's refusal as authlib's error, with the RFC's code."""
+    return OAuth2Error(description=error.description, error=error.error,
+                       status_code=401 if error.error == "invalid_client" else 400)
+
+
+def _sha256(value: str) -> str:
+    """How a server-side random id (a refresh token family) is named in the audit trail."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class _NothingRevoked:
+    """For telling a revoked token from a bad one: this check revokes nothing."""
+
+    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
+        return False
+
+
+_NOTHING_REVOKED = _NothingRevoked()
+
+
+class _RotatedRefreshToken:
+    """A refresh token that :class:`RefreshTokens` has just rotated, as authlib's grant
+    wants it: the scope is what the policy grants now, not what it granted at login."""
+
+    def __init__(self, grant: RefreshGrant, scope: str) -> None:
+        self.grant = grant
+        self.scope = scope
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.grant.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class RefreshGrantWithRotation(RefreshTokenGrant):
+    """RFC 6749 §6 with rotation on every use, reuse detection (the family is revoked) and the
+    policy evaluated again: a person who left the team gets ``invalid_grant``."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def authenticate_refresh_token(self, refresh_token: str) -> _RotatedRefreshToken:
+        provider: Provider = self.server.provider
+        client: Client = self.request.client
+        found: dict[str, Any] = {}
+
+        def still_granted(grant: RefreshGrant) -> None:
+            found.update(provider.regranted(grant, client.policy))
+
+        try:
+            self.rotated, grant = provider.refresh.rotate(refresh_token, client.client_id,
+                                                          check=still_granted)
+        except RefreshReuse as reuse:
+            provider.record_refusal("refresh_token_reuse", client.client_id,
+                                    detail={"family_sha256": _sha256(reuse.family)})
+            raise _oauth_error(reuse) from None
+        except TokenError as error:
+            provider.record_refusal(error.error, client.client_id, detail={"grant_type": "refresh_token"})
+            raise _oauth_error(error) from None
+        self.user = found["user"]
+        return _RotatedRefreshToken(grant, found["user"].scope)
+
+    def authenticate_user(self, refresh_token: _RotatedRefreshToken) -> BrokerUser:
+        return self.user
+
+    def issue_token(self, user: BrokerUser, refresh_token: _RotatedRefreshToken) -> dict[str, Any]:
+        token = super().issue_token(user, refresh_token)
+        token["refresh_token"] = self.rotated
+        return token
+
+    def revoke_old_credential(self, refresh_token: _RotatedRefreshToken) -> None:
+        """Already done: :meth:`RefreshTokens.rotate` used the old token up."""
+
+
+class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
+    """RFC 8693: a chain application exchanges a user's access token for one towards another
+    application's API, as far as its ``token_exchange`` rules and the person's roles allow."""
+
+    GRANT_TYPE = TOKEN_EXCHANGE
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def validate_token_request(self) -> None:
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError("The client may not exchange tokens.")
+        self.request.client = client
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        provider: Provider = self.server.provider
+        try:
+            token = provider.exchange(self.request.client, self.request.payload.data)
+        except TokenError as error:
+            provider.record_refusal(error.error, self.request.client.client_id,
+                                    detail={"grant_type": "token_exchange"})
+            raise _oauth_error(error) from None
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class Introspection(IntrospectionEndpoint):
+    """RFC 7662 for authenticated resource servers (clients of the policy), about tokens meant
+    for them only; anything else is ``{"active": false}``."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        client: Client = self.authenticate_endpoint_client(request)
+        self.check_params(request, client)
+        token = request.form["token"]
+        answer = introspect(token, self.provider.keys, self.provider.issuer, self.provider.revocations,
+                            client.policy, leeway=self.provider.settings.tokens.clock_skew)
+        if not answer["active"]:
+            self.provider.note_revoked_token(token, client)
+        return 200, answer, default_json_headers
+
+
+class Revocation(RevocationEndpoint):
+    """RFC 7009: a client revokes its own access token (by ``jti``, seen by every instance) or
+    refresh token (the whole family). Anything else is answered alike and changes nothing."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        client: Client = self.authenticate_endpoint_client(request)
+        self.check_params(request, client)
+        self.provider.revoke(request.form["token"], client)
+        return 200, {}, default_json_headers
+
+
 class BrokerAuthorizationServer(AuthorizationServer):
     """authlib's Flask server, but an already-built request (one replayed from the login
     transaction) is used as given instead of being rebuilt from the current HTTP request."""
@@ -460,6 +640,8 @@ class Provider:
         #: Where the current request came from, for audit events (set by the web layer,
         #: which knows the request; this module does not).
         self.audit_context: Any = dict
+        self.revocations = Revocations(store, leeway=settings.tokens.clock_skew)
+        self.refresh = RefreshTokens(store, self.revocations)
         self.client_keys = ClientKeys(settings.http.upstream_timeout)
         self.server = self._build_server()
 
@@ -481,6 +663,8 @@ class Provider:
         server.register_token_generator("default", self._generate_token)
         server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
         server.register_grant(CodeGrant, [S256CodeChallenge(required=True), OpenIDConnect(self)])
+        server.register_grant(RefreshGrantWithRotation)
+        server.register_grant(TokenExchangeGrant)
         issuer_parameter = IssuerParameter()
         issuer_parameter.get_issuer = lambda: self.issuer  # type: ignore[method-assign]
         server.register_extension(issuer_parameter)
@@ -488,6 +672,8 @@ class Provider:
         protector.register_token_validator(JwtBearerValidator(self))
         server.register_endpoint(UserInfoFromToken(self, protector))
         server.register_endpoint(EndSession(self))
+        server.register_endpoint(Introspection(self))
+        server.register_endpoint(Revocation(self))
         return server
 
     def record(self, event_type: EventType, user: BrokerUser, client: Client, scope: str, *,
@@ -534,11 +720,13 @@ class Provider:
     def _generate_token(self, grant_type: str, client: Client, user: BrokerUser | None = None,
                         scope: str | None = None, expires_in: int | None = None,
                         include_refresh_token: bool = True) -> dict[str, Any]:
+        """An RFC 9068 access token for one audience; with the code grant also the first
+        refresh token of a family, when the client may have them and asked ``offline_access``."""
         assert user is not None
         lifetime = self.settings.tokens.access_token_lifetime
         now = int(time.time())
         claims = {
-            "iss": self.issuer, "sub": user.sub, "aud": client.policy.audience,
+            "iss": self.issuer, "sub": user.sub, "aud": user.audience or client.policy.audience,
             "client_id": client.client_id, "azp": client.client_id,
             "iat": now, "exp": now + lifetime, "jti": secrets.token_urlsafe(16),
             "scope": scope or "", "auth_time": user.auth_time, "sid": user.sid,
@@ -548,18 +736,162 @@ class Provider:
         if user.amr:
             claims["amr"] = user.amr
         claims.update(self.acting_claims(user, client.policy, for_api=True))
-        self.record(EventType.TOKEN_ISSUED, user, client, scope or "", audience=claims["aud"],
+        event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
+        self.record(event, user, client, scope or "", audience=claims["aud"],
                     detail={"jti": claims["jti"], "grant_type": grant_type, "expires_in": lifetime})
-        return {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
-                "expires_in": lifetime, "scope": scope or ""}
+        token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
+                 "expires_in": lifetime, "scope": scope or ""}
+        if (grant_type == "authorization_code" and include_refresh_token
+                and "offline_access" in (scope or "").split() and user.session_ends_at):
+            token["refresh_token"], _ = self.refresh.issue(
+                client_id=client.client_id, person=user.person or user.sub, sid=user.sid,
+                organisation=user.organisation, team=user.team, level=level_of_acr(user.acr).name.lower(),
+                amr=user.amr, auth_time=user.auth_time, scope=scope or "", audience=claims["aud"],
+                absolute_expires_at=user.session_ends_at, identity=user.identity)
+        return token
 
-    # -- profiles for /userinfo: kept per SSO session, so tokens carry no personal data --
+    def verify_access_token(self, token: str) -> dict[str, Any]:
+        """The claims of a live access token of this broker, or :class:`InactiveToken`."""
+        return verify_access_token(token, self.keys, self.issuer, self.revocations,
+                                   leeway=self.settings.tokens.clock_skew)
+
+    def regranted(self, grant: RefreshGrant, client: ClientPolicy) -> dict[str, Any]:
+        """At a refresh: what the policy grants the person now, for the team of the login.
+
+        Raises ``invalid_grant`` when the person is no longer in that team (or the client's
+        minimum rose above the login's level): access ends at the next refresh."""
+        level = Level.from_name(grant.level)
+        if level < client.minimum_level:
+            raise TokenError("invalid_grant", "the login's level is below what the client now requires")
+        decision = self._decision(grant.identity, grant.person, client.id)
+        team = None
+        if grant.team is not None:
+            try:
+                team = decision.for_team(grant.team)
+            except NotAMember:
+                raise TokenError("invalid_grant", "the person no longer acts for this team") from None
+        scope = " ".join(granted_scopes(grant.scope.split(), client, team, level))
+        user = BrokerUser(sub=subject_for(self.keys.secrets["subject_salt"], grant.person, client),
+                          sid=grant.sid, auth_time=grant.auth_time, acr=level.acr, amr=list(grant.amr),
+                          scope=scope, organisation=grant.organisation, team=grant.team,
+                          roles=token_roles(team, client.id, level), person=grant.person,
+                          audience=grant.audience, session_ends_at=grant.absolute_expires_at,
+                          identity=dict(grant.identity or {}))
+        return {"user": user}
+
+    def _decision(self, identity: Any, person: Any, client_id: str) -> Decision:
+        """The policy's decision now for a person as their IdP described them at login; an
+        unusable record (never written by this broker) is ``invalid_grant``, not an error."""
+        try:
+            return evaluate_login(self.policy, identity, person, client_id, datetime.now(UTC))
+        except (KeyError, TypeError, ValueError):
+            raise TokenError("invalid_grant", "the grant's login record is unusable") from None
+
+    def exchange(self, client: Client, form: dict[str, Any]) -> dict[str, Any]:
+        """RFC 8693: the new access token, or :class:`TokenError` with the RFC's code."""
+        skew = self.settings.tokens.clock_skew
+        claims = check_subject_token(str(form.get("subject_token") or ""),
+                                     str(form.get("subject_token_type")), self.keys, self.issuer,
+                                     self.revocations, leeway=skew)
+        resource, audience = form.get("resource"), form.get("audience")
+        aud = None
+        if resource:
+            audience, aud = resolve_resource(self.policy, client.policy, resource, exchange=True)
+        session = self.store.get("session-person", str(claims.get("sid")))
+        target = self.policy.clients.get(str(audience)) if audience else None
+        if session is None:
+            raise TokenError("invalid_grant", "the subject token's session has ended")
+        team_scopes: frozenset[str] = frozenset()
+        roles: list[str] | None = None
+        if target is not None and isinstance(claims.get("team"), str):
+            decision = self._decision(session.get("identity"), session.get("person"), target.id)
+            level = level_of_acr(claims.get("acr"))
+            try:
+                team = decision.for_team(claims["team"])
+            except NotAMember:
+                raise TokenError("invalid_grant", "the person no longer acts for this team") from None
+            team_scopes = team.scopes_at(level, target.id)
+            roles = token_roles(team, target.id, level)
+        grant = decide_exchange(self.policy, claims, client.policy, audience,
+                                str(form.get("scope") or "").split(), team_scopes, issuer=self.issuer,
+                                aud=aud, roles=roles)
+        new = grant.access_token_claims(
+            issuer=self.issuer, subject=subject_for(self.keys.secrets["subject_salt"], session["person"],
+                                                    grant.target),
+            now=time.time(), lifetime=self.settings.tokens.access_token_lifetime)
+        self.audit.record(AuditEvent(
+            type=EventType.TOKEN_EXCHANGED, person=session["person"], sid=new.get("sid"),
+            organisation=grant.organisation, team=grant.team, roles=grant.roles, client=client.client_id,
+            audience=(new["aud"],), scopes=grant.scope, acr=grant.acr, factors=grant.amr,
+            detail={"jti": new["jti"], "subject_jti": claims["jti"], "target": grant.target.id},
+            **self.audit_context()))
+        return {"access_token": self.keys.sign(new, typ="at+jwt"), "token_type": "Bearer",
+                "issued_token_type": grant.issued_token_type, "expires_in": new["exp"] - new["iat"],
+                "scope": new["scope"]}
+
+    def revoke(self, token: str, client: Client) -> None:
+        """RFC 7009 for the client's own tokens; another's, or an unknown one, changes nothing."""
+        try:
+            claims = self.verify_access_token(token)
+        except InactiveToken:
+            claims = None
+        if claims is not None:
+            if claims.get("client_id") != client.client_id:
+                return
+            self.revocations.revoke_access_token(claims["jti"], claims["exp"])
+            self._record_revocation(client, {"jti": claims["jti"]}, claims.get("sid"))
+            return
+        grant = self.refresh.revoke(token, client.client_id)
+        if grant is not None:
+            self._record_revocation(client, {"family_sha256": _sha256(grant.family)}, grant.sid,
+                                    person=grant.person)
+
+    def _record_revocation(self, client: Client, detail: dict[str, Any], sid: Any,
+                           person: str | None = None) -> None:
+        self.audit.record(AuditEvent(type=EventType.TOKEN_REVOKED, client=client.client_id, person=person,
+                                     sid=sid if isinstance(sid, str) else None, detail=detail,
+                                     **self.audit_context()))
+
+    def note_revoked_token(self, token: str, client: Client) -> None:
+        """A revoked token presented at introspection is audited (someone still holds it)."""
+        try:
+            claims = verify_access_token(token, self.keys, self.issuer, _NOTHING_REVOKED,
+                                         leeway=self.settings.tokens.clock_skew)
+        except InactiveToken:
+            return
+        sid = claims.get("sid")
+        if self.revocations.is_revoked(claims["jti"], sid if isinstance(sid, str) else None):
+            self.record_refusal("revoked_token", client.client_id, type_=EventType.INTROSPECTION_REVOKED,
+                                detail={"jti": claims["jti"]})
+
+    def record_refusal(self, reason: str, client_id: str | None, *, type_: EventType = EventType.REFUSAL,
+                       detail: dict[str, Any] | None = None) -> None:
+        """A refusal at the token endpoints; a broken audit store is logged, not a 500."""
+        try:
+            try:
+                event = AuditEvent(type=type_, outcome="refused", reason=reason, client=client_id,
+                                   detail=detail or {}, **self.audit_context())
+            except UnsafeAuditValue:  # a client_id from the request that may not be recorded
+                event = AuditEvent(type=type_, outcome="refused", reason=reason, detail=detail or {})
+            self.audit.record(event)
+        except AuditUnavailable as error:
+            _log.error("audit trail unavailable; refusal %s NOT recorded: %s", reason, error)
+
+    # -- per SSO session: the profile for /userinfo (tokens carry no personal data) and
+    # -- who the session is, for token exchange (a pairwise sub cannot be turned back) --
 
     def remember_profile(self, sid: str, profile: dict[str, Any]) -> None:
         self.store.put("profile", sid, profile, self.settings.session.absolute_timeout)
 
-    def forget_profile(self, sid: str) -> None:
+    def remember_session(self, sid: str, person: str, identity: dict[str, Any]) -> None:
+        self.store.put("session-person", sid, {"person": person, "identity": identity},
+                       self.settings.session.absolute_timeout)
+
+    def forget_session(self, sid: str, ends_at: float) -> None:
+        """Logout: the session's tokens die on every instance, and its records go."""
+        self.revocations.revoke_session(sid, ends_at)
         self.store.delete("profile", sid)
+        self.store.delete("session-person", sid)
 
     def id_token(self, client: Client, user: BrokerUser, code: AuthorizationCode | None,
                  access_token: str | None) -> str:

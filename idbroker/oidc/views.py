@@ -22,6 +22,7 @@ from idbroker.oidc.flow import (
     unmet,
 )
 from idbroker.oidc.provider import SCOPE_CLAIMS, SUPPORTED_SCOPES
+from idbroker.tokens import GRANT_TYPE as TOKEN_EXCHANGE
 from idbroker.web import (
     SESSION_COOKIE,
     audit,
@@ -89,6 +90,22 @@ def token() -> Response:
     return response
 
 
+@bp.post("/introspect")
+def introspection() -> Response:
+    """RFC 7662, for resource servers that prefer asking to validating JWTs themselves."""
+    response = broker().provider.server.create_endpoint_response("introspection")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/revoke")
+def revocation() -> Response:
+    """RFC 7009: a client revokes its access or refresh token (every instance sees it)."""
+    response = broker().provider.server.create_endpoint_response("revocation")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo() -> Response:
     response = broker().provider.server.create_endpoint_response("userinfo")
@@ -114,11 +131,15 @@ def discovery() -> Response:
         "userinfo_endpoint": f"{issuer}/userinfo",
         "jwks_uri": f"{issuer}/jwks.json",
         "end_session_endpoint": f"{issuer}/logout",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "scopes_supported": list(SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code"],
-        "subject_types_supported": ["public"],
+        "grant_types_supported": ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
+        "subject_types_supported": ["pairwise", "public"],
         "id_token_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": [
@@ -160,7 +181,7 @@ def end_session() -> Response:
     if session is not None:
         audit(EventType.SESSION_ENDED, **session_fields(session),
               detail={"clients": list(session.clients)})
-        b.provider.forget_profile(session.sid)
+        b.provider.forget_session(session.sid, session.created_at + b.settings.session.absolute_timeout)
         b.sessions.end(token)
     response = server.create_endpoint_response("end_session", end_request)
     if response is None:

@@ -50,6 +50,8 @@ def check_invariants(organisations: Mapping[str, Organisation], clients: Mapping
     findings += _domains(organisations)
     for client in clients.values():
         findings += _client(client)
+        findings += _token_exchange(client, clients)
+    findings += _resource_uris(clients)
     for rota in rotas.values():
         findings += _rota(rota)
     for team in teams.values():
@@ -86,6 +88,42 @@ def _client(client: ClientPolicy) -> Iterator[Finding]:
             yield Finding("clients", client.id, ("claims", position),
                           f"claim '{claim}' needs identity scope '{needed}', which the client may not "
                           f"ask for", f"add '{needed}' to scopes, or remove the claim")
+
+
+def _token_exchange(client: ClientPolicy, clients: Mapping[str, ClientPolicy]) -> Iterator[Finding]:
+    """Each RFC 8693 rule names an existing client and only scopes it declares."""
+    for position, rule in enumerate(client.token_exchange):
+        where = ("token_exchange", position)
+        target = clients.get(rule.audience)
+        if target is None:
+            yield Finding("clients", client.id, (*where, "audience"),
+                          f"token_exchange names audience '{rule.audience}', which is not a client",
+                          _known("clients", clients), refers=("clients", rule.audience))
+            continue
+        for index, scope in enumerate(rule.scopes):
+            if scope not in target.application_scope_names:
+                yield Finding("clients", client.id, (*where, "scopes", index),
+                              f"client '{rule.audience}' declares no application scope '{scope}': it "
+                              f"cannot be exchanged towards",
+                              _known(f"application scopes of '{rule.audience}'",
+                                     target.application_scope_names))
+
+
+def _resource_uris(clients: Mapping[str, ClientPolicy]) -> Iterator[Finding]:
+    """An RFC 8707 resource (or any other ``aud`` value) must lead to one application only,
+    or a token meant for one API would be accepted by another."""
+    owner: dict[str, str] = {}
+    for client in clients.values():
+        owner.setdefault(client.id, client.id)
+        owner.setdefault(client.audience, client.id)
+    for client in clients.values():
+        for position, uri in enumerate(client.resource_uris):
+            other = owner.get(uri)
+            if other is not None and other != client.id:
+                yield Finding("clients", client.id, ("resource_uris", position),
+                              f"resource URI '{uri}' already names client '{other}'",
+                              "a resource identifies one application's API: give each its own URI")
+            owner.setdefault(uri, client.id)
 
 
 def _rota(rota: Rota) -> Iterator[Finding]:

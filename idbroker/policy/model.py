@@ -156,6 +156,25 @@ class ApplicationScope(StrictModel):
         return {"name": value} if isinstance(value, str) else value
 
 
+class TokenExchangeRule(StrictModel):
+    """RFC 8693: one audience (a client id) this client may exchange a user's access token
+    towards, and the most it may get there. What the person's team roles grant on that
+    audience at the token's level still limits it: the rule never adds a permission."""
+
+    audience: str = Identifier
+    scopes: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for scope in value:
+            if not re.fullmatch(_SCOPE_PATTERN, scope):
+                raise ValueError(f"'{scope}' is not a scope name")
+        if len(set(value)) != len(value):
+            raise ValueError("a scope is listed twice")
+        return value
+
+
 class ClientPolicy(StrictModel):
     """A chain application: an OpenID Connect client of the broker."""
 
@@ -188,12 +207,37 @@ class ClientPolicy(StrictModel):
     availability: Literal["24x7", "office-hours"] = "office-hours"
     #: A WGS partnership system: incidental third parties may never be granted its scopes.
     partnership_system: StrictBool = False
+    #: RFC 8707 ``resource`` values that name this application's API(s): absolute http(s)
+    #: URIs without query or fragment, each naming one client only (checked across clients).
+    resource_uris: tuple[str, ...] = ()
+    #: RFC 8693: towards which audiences this client may exchange a user's token, with at
+    #: most which scopes (``[{audience: zvh-casus, scopes: [zvh.casus.lezen]}]``).
+    token_exchange: tuple[TokenExchangeRule, ...] = ()
 
     @field_validator("redirect_uris", "post_logout_redirect_uris")
     @classmethod
     def _uris(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for uri in value:
             check_web_url(uri, what="redirect URI")
+        return value
+
+    @field_validator("resource_uris")
+    @classmethod
+    def _resource_uris(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            check_web_url(uri, what="resource URI")
+            if "?" in uri:
+                raise ValueError("a resource URI must not contain a query (RFC 8707)")
+        if len(set(value)) != len(value):
+            raise ValueError("a resource URI is listed twice")
+        return value
+
+    @field_validator("token_exchange")
+    @classmethod
+    def _token_exchange(cls, value: tuple[TokenExchangeRule, ...]) -> tuple[TokenExchangeRule, ...]:
+        audiences = [rule.audience for rule in value]
+        if len(set(audiences)) != len(audiences):
+            raise ValueError("an audience is listed twice: merge its scopes into one entry")
         return value
 
     @model_validator(mode="after")
@@ -220,6 +264,21 @@ class ClientPolicy(StrictModel):
     @property
     def minimum_level(self) -> Level:
         return Level.from_name(self.min_level)
+
+    @property
+    def refresh_tokens(self) -> bool:
+        """Refresh tokens are issued only to clients allowed the ``offline_access`` scope
+        (and only when the request asks for it); there is no separate switch."""
+        return "offline_access" in self.scopes
+
+    @cached_property
+    def audience_values(self) -> frozenset[str]:
+        """Every ``aud`` value that names this application: id, default audience, resources."""
+        return frozenset((self.id, self.audience, *self.resource_uris))
+
+    def exchange_rule(self, audience: str) -> TokenExchangeRule | None:
+        """The RFC 8693 rule that lets this client exchange towards ``audience``, if any."""
+        return next((rule for rule in self.token_exchange if rule.audience == audience), None)
 
     @property
     def sector_id(self) -> str:

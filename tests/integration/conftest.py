@@ -146,6 +146,8 @@ STEPUP_ACCOUNTS = tuple(DemoAccount(f"s{n:02d}", "demo", f"stap-{n:02d}", f"Stap
 
 #: A test client that only roles open (application scopes), see ``write_test_policy``.
 ROLES_CLIENT = "test-roles"
+#: A resource server the roles client exchanges tokens towards.
+API_CLIENT = "test-api"
 
 #: The one authenticator model the trusted organisation's policy allows.
 ALLOWED_AAGUID = "8b1f5b5e-7d3c-4f7e-9a51-2f0c6d1e4a77"
@@ -200,7 +202,8 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
          "post_logout_redirect_uris": [f"{base}/test-rp/bye"],
          "auth_method": "private_key_jwt",
          "jwks": {"keys": [rp_key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
-         "scopes": ["openid", "profile", "email"]},
+         # public: its sub is the broker's person id (the other test clients are pairwise)
+         "scopes": ["openid", "profile", "email", "offline_access"], "subject_type": "public"},
         {"id": "test-basic", "name": "Test basic", "redirect_uris": [f"{base}/test-rp/cb"],
          "auth_method": "client_secret_basic",
          "client_secret_sha256": hashlib.sha256(BASIC_SECRET.encode()).hexdigest(),
@@ -209,9 +212,19 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
         {"id": ROLES_CLIENT, "name": "Test roles", "redirect_uris": [f"{base}/test-rp/cb"],
          "auth_method": "private_key_jwt",
          "jwks": {"keys": [rp_key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
-         "scopes": ["openid", "profile", "email"], "claims": ["name", "organisation", "team", "roles", "acr"],
+         "scopes": ["openid", "profile", "email", "offline_access"],
+         "claims": ["name", "organisation", "team", "roles", "acr"],
          "application_scopes": [{"name": "roles.agenda", "personal_data": False}, "roles.casus",
-                                "roles.dossier"]},
+                                "roles.dossier"],
+         "resource_uris": [f"{base}/test-roles/api"],
+         "token_exchange": [{"audience": API_CLIENT, "scopes": ["api.lezen"]}]},
+        # A resource server that the roles client may call on the person's behalf (RFC 8693);
+        # it authenticates at introspection with the same key.
+        {"id": API_CLIENT, "name": "Test API", "redirect_uris": [f"{base}/test-rp/cb"],
+         "auth_method": "private_key_jwt",
+         "jwks": {"keys": [rp_key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
+         "sector": "test-api-sector",
+         "application_scopes": [{"name": "api.lezen", "personal_data": False}, "api.schrijven"]},
     ]}
     if "min_level" in ClientPolicy.model_fields:
         # The test clients need no more than the request asks for (the policy's default is
@@ -221,7 +234,8 @@ def write_test_policy(policy_dir: Path, base: str, rp_key: ECKey, closed_port: i
     (policy_dir / "test-clients.yaml").write_text(json.dumps(clients), encoding="utf-8")
     # Every step-up tester is in one team whose roles need low, substantial and high.
     teams = {"teams": [{"id": "stap-team", "organisation": STEPUP_ORG, "name": "Stapteam", "roles": [
-        {"id": "planner", "min_level": "low", "grants": {ROLES_CLIENT: ["roles.agenda"]}},
+        {"id": "planner", "min_level": "low",
+         "grants": {ROLES_CLIENT: ["roles.agenda"], API_CLIENT: ["api.lezen"]}},
         {"id": "medewerker", "min_level": "substantial",
          "grants": {ROLES_CLIENT: ["roles.agenda", "roles.casus"]}},
         {"id": "specialist", "min_level": "high", "grants": {ROLES_CLIENT: ["roles.dossier"]}},

@@ -1,0 +1,184 @@
+"""Refresh tokens: opaque, rotated on every use, in families, stored only by hash.
+
+A family is one login (SSO session ``sid``) at one client. Every refresh hands out the
+next token of the family and retires the presented one; a retired token that comes back
+means two parties hold the family's tokens, so the whole family is revoked (OAuth 2.0
+Security BCP §4.14.2) and :class:`RefreshReuse` carries the family id for the audit.
+
+Who wins a race is decided by the store's atomic ``add`` on the presented token's hash in
+``refresh-used``: of two concurrent rotations of one token exactly one creates the marker
+and gets the next token; the other is reuse. The marker stays until the family's absolute
+expiry, so a replay long after the rotation is still recognised.
+
+Limits: a token expires after ``idle_timeout`` without use (6 hours, NL GOV Assurance
+profile) and the family at its absolute expiry, the SSO session's ``absolute_timeout``
+after login. Nothing here knows HTTP or authlib: the token endpoint calls :meth:`rotate`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from idbroker.store import Store, secret_key
+from idbroker.tokens.errors import INVALID_GRANT, RefreshReuse, TokenError
+from idbroker.tokens.revocation import Revocations
+
+#: NL GOV Assurance profile for OAuth 2.0: refresh tokens expire after at most 6 hours idle.
+IDLE_TIMEOUT = 6 * 3600
+_TOKENS = "refresh"
+_USED = "refresh-used"
+
+
+@dataclass(frozen=True)
+class RefreshGrant:
+    """What a refresh token stands for: the grant as it was made at login.
+
+    The token endpoint re-evaluates the policy from ``identity`` (the upstream facts) at
+    every refresh; ``scope`` is the most any refresh may give (RFC 6749 §6)."""
+
+    family: str
+    client_id: str
+    person: str
+    sid: str
+    organisation: str | None
+    team: str | None
+    #: The level reached at login (``low`` / ``substantial`` / ``high``).
+    level: str
+    amr: tuple[str, ...]
+    auth_time: int
+    scope: str
+    audience: str
+    #: No token of the family is honoured at or after this moment (epoch seconds).
+    absolute_expires_at: int
+    #: The upstream identity (``UpstreamIdentity.to_dict()``), to re-evaluate the policy.
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    #: When this token of the family was issued, and how many came before it.
+    issued_at: int = 0
+    generation: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["amr"] = list(self.amr)
+        record["identity"] = dict(self.identity)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RefreshGrant:
+        values = dict(record)
+        values["amr"] = tuple(values.get("amr") or ())
+        return cls(**values)
+
+
+class RefreshTokens:
+    """Issue and rotate refresh tokens over a :class:`~idbroker.store.Store`."""
+
+    def __init__(self, store: Store, revocations: Revocations, *, idle_timeout: int = IDLE_TIMEOUT) -> None:
+        self.store = store
+        self.revocations = revocations
+        self.idle_timeout = idle_timeout
+
+    def issue(self, *, client_id: str, person: str, sid: str, organisation: str | None, team: str | None,
+              level: str, amr: Sequence[str], auth_time: int, scope: str, audience: str,
+              absolute_expires_at: float, identity: Mapping[str, Any] | None = None,
+              now: float | None = None) -> tuple[str, RefreshGrant]:
+        """The first token of a new family (at the authorization code grant)."""
+        now = time.time() if now is None else now
+        if absolute_expires_at <= now:
+            raise TokenError(INVALID_GRANT, "the session has reached its absolute limit")
+        grant = RefreshGrant(
+            family=secrets.token_urlsafe(16), client_id=client_id, person=person, sid=sid,
+            organisation=organisation, team=team, level=level, amr=tuple(amr), auth_time=int(auth_time),
+            scope=scope, audience=audience, absolute_expires_at=int(absolute_expires_at),
+            identity=dict(identity or {}), issued_at=int(now), generation=0)
+        return self._store_next(grant, now), grant
+
+    def rotate(self, token: str, client_id: str, now: float | None = None, *,
+               check: Callable[[RefreshGrant], None] | None = None) -> tuple[str, RefreshGrant]:
+        """Redeem ``token`` for ``client_id``: the family's next token and the grant.
+
+        Refused with ``invalid_grant``: an unknown or expired token, another client's token
+        (left untouched: presenting it does not burn it), a revoked family or session, a
+        token idle for longer than :attr:`idle_timeout`, a family past its absolute expiry.
+        A token already rotated raises :class:`RefreshReuse` after revoking its family.
+        ``check`` (the policy re-evaluation) runs once the token is won; if it raises, the
+        family is revoked and the exception propagates.
+        """
+        now = time.time() if now is None else now
+        key = secret_key(token)
+        record = self.store.get(_TOKENS, key)
+        if record is None:
+            used = self.store.get(_USED, key)
+            if used is not None:
+                raise self._reuse(used["family"], used["until"], now)
+            raise TokenError(INVALID_GRANT, "unknown or expired refresh token")
+        grant = RefreshGrant.from_record(record)
+        if grant.client_id != client_id:
+            raise TokenError(INVALID_GRANT, "the refresh token was issued to another client")
+        if self.revocations.family_revoked(grant.family) or self.revocations.session_revoked(grant.sid):
+            # Revoked by the loser of a race for this very token: that too is reuse.
+            if self.store.get(_USED, key) is not None:
+                raise RefreshReuse(grant.family)
+            raise TokenError(INVALID_GRANT, "the refresh token has been revoked")
+        if now >= grant.absolute_expires_at:
+            raise TokenError(INVALID_GRANT, "the login has reached its absolute limit; log in again")
+        if now >= grant.issued_at + self.idle_timeout:
+            raise TokenError(INVALID_GRANT, "the refresh token expired unused")
+        # The race is decided here. A loser only revokes the family after this ``add`` of the
+        # winner, so the winner's revocation check above cannot have seen that revocation.
+        marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
+        if not self.store.add(_USED, key, marker, self._ttl(grant, now) + self.revocations.leeway):
+            raise self._reuse(grant.family, grant.absolute_expires_at, now)
+        if check is not None:
+            try:
+                check(grant)
+            except BaseException:
+                self.revocations.revoke_family(grant.family, grant.absolute_expires_at, reason="policy",
+                                               now=now)
+                self.store.delete(_TOKENS, key)
+                raise
+        successor = replace(grant, issued_at=int(now), generation=grant.generation + 1)
+        new_token = self._store_next(successor, now)
+        self.store.delete(_TOKENS, key)
+        return new_token, successor
+
+    def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
+        """RFC 7009 for a refresh token: revoke its family, if it is ``client_id``'s.
+
+        Returns the revoked grant (for the audit), or ``None`` for an unknown token or one of
+        another client, which RFC 7009 §2.2 answers like a success without revealing it."""
+        now = time.time() if now is None else now
+        key = secret_key(token)
+        record = self.store.get(_TOKENS, key)
+        if record is None:
+            used = self.store.get(_USED, key)  # an old token of the family still names it
+            if used is None:
+                return None
+            if used.get("client_id") != client_id:
+                return None
+            self.revocations.revoke_family(used["family"], used["until"], reason="revoked", now=now)
+            return None
+        grant = RefreshGrant.from_record(record)
+        if grant.client_id != client_id:
+            return None
+        self.revocations.revoke_family(grant.family, grant.absolute_expires_at, reason="revoked", now=now)
+        self.store.delete(_TOKENS, key)
+        return grant
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _ttl(self, grant: RefreshGrant, now: float) -> float:
+        return max(1.0, grant.absolute_expires_at - now)
+
+    def _store_next(self, grant: RefreshGrant, now: float) -> str:
+        token = secrets.token_urlsafe(32)
+        ttl = max(1.0, min(grant.issued_at + self.idle_timeout, grant.absolute_expires_at) - now)
+        self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
+        return token
+
+    def _reuse(self, family: str, until: float, now: float) -> RefreshReuse:
+        self.revocations.revoke_family(family, until, reason="reuse", now=now)
+        return RefreshReuse(family)

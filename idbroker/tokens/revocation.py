@@ -1,0 +1,75 @@
+"""The revocation registry (RFC 7009), shared through the store so every instance sees it.
+
+Access tokens are JWTs checked offline, so revoking one means remembering its ``jti`` until
+its ``exp``; after that the token is dead anyway and the entry expires by itself. A refresh
+token family, or everything issued in one SSO session (logout), is revoked by a marker that
+lives as long as what it revokes. Keys are ``jti``s, family ids and session ids: none of
+them is a bearer secret, so none is hashed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from idbroker.store import Store
+
+_JTI = "revoked-jti"
+_FAMILY = "revoked-family"
+_SESSION = "revoked-sid"
+
+
+class Revocations:
+    """Revoked access tokens, refresh families and sessions, as the store holds them."""
+
+    def __init__(self, store: Store, *, leeway: int = 60) -> None:
+        self.store = store
+        #: Markers outlive what they revoke by this much, covering clock skew between instances.
+        self.leeway = leeway
+
+    def _ttl(self, until: float, now: float | None) -> float | None:
+        remaining = until - (time.time() if now is None else now) + self.leeway
+        return remaining if remaining > 0 else None
+
+    # -- access tokens -------------------------------------------------------------------
+
+    def revoke_access_token(self, jti: str, exp: float, *, now: float | None = None) -> None:
+        """Make the access token ``jti`` inactive everywhere until it expires (``exp``)."""
+        ttl = self._ttl(exp, now)
+        if ttl is not None:
+            self.store.put(_JTI, jti, {"exp": int(exp)}, ttl)
+
+    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
+        """Whether an access token is revoked: by its own ``jti``, or its session (``sid``)."""
+        if self.store.get(_JTI, jti) is not None:
+            return True
+        return sid is not None and self.session_revoked(sid)
+
+    # -- refresh token families ------------------------------------------------------------
+
+    def revoke_family(self, family: str, until: float, *, reason: str, now: float | None = None) -> None:
+        """Revoke every refresh token of ``family`` (one login at one client) until ``until``,
+        its absolute expiry. ``reason`` (``reuse``, ``revoked``, ``policy``) is for the audit."""
+        ttl = self._ttl(until, now)
+        if ttl is not None:  # the first revocation's reason stays (``add``), for the audit
+            self.store.add(_FAMILY, family, {"reason": reason, "until": int(until)}, ttl)
+
+    def family_revoked(self, family: str) -> bool:
+        return self.store.get(_FAMILY, family) is not None
+
+    def family_revocation(self, family: str) -> dict[str, Any] | None:
+        """Why and until when ``family`` is revoked (``reason``, ``until``), if it is."""
+        return self.store.get(_FAMILY, family)
+
+    # -- sessions (logout) -------------------------------------------------------------------
+
+    def revoke_session(self, sid: str, until: float, *, now: float | None = None) -> None:
+        """Everything issued in SSO session ``sid`` (its refresh families, and access tokens
+        checked with :meth:`is_revoked` and their ``sid``) is revoked until ``until``, the
+        session's absolute expiry: what logout must do on every instance."""
+        ttl = self._ttl(until, now)
+        if ttl is not None:
+            self.store.put(_SESSION, sid, {"until": int(until)}, ttl)
+
+    def session_revoked(self, sid: str) -> bool:
+        return self.store.get(_SESSION, sid) is not None

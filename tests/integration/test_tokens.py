@@ -1,0 +1,300 @@
+"""Scoped tokens for chain applications (issue 6), over real HTTP: RFC 9068 access tokens,
+resource indicators, refresh rotation, introspection, revocation and token exchange."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from joserfc import jws, jwt
+from joserfc.jwk import KeySet, OctKey
+
+from idbroker.app import create_app
+from idbroker.audit.log import records
+from idbroker.ratelimit import RateLimiter
+from tests.integration.conftest import API_CLIENT, ROLES_CLIENT, STEPUP_ORG, Chain, running_chain
+from tests.support.browser import Browser
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture(autouse=True)
+def _lift_ip_lockout(request: pytest.FixtureRequest) -> Any:
+    yield
+    if "chain" in request.fixturenames:
+        RateLimiter(request.getfixturevalue("chain").broker.store, purpose="factor").unlock(ip="127.0.0.1")
+
+
+def _auth(chain: Chain, client_id: str) -> dict[str, str]:
+    """private_key_jwt for one of the test clients (they share the test key)."""
+    return {"client_id": client_id, "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": chain.assertion(iss=client_id, sub=client_id)}
+
+
+def _post(chain: Chain, path: str, client_id: str | None, **form: str) -> requests.Response:
+    data = dict(form) | (_auth(chain, client_id) if client_id else {})
+    return requests.post(f"{chain.base}/{path}", data=data, timeout=10)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _roles_login(chain: Chain, n: int, scope: str = "openid roles.agenda offline_access",
+                 **params: str) -> dict[str, Any]:
+    """Stap tester ``n`` (team stap-team) logs in at the roles client; the token response."""
+    query, request, _ = chain.login(Browser(username=f"s{n:02d}", organisation=STEPUP_ORG),
+                                    client_id=ROLES_CLIENT, scope=scope, **params)
+    assert "code" in query, query
+    reply = chain.redeem(query["code"][0], request["verifier"], client_id=ROLES_CLIENT,
+                         assertion=chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT))
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def _refresh(chain: Chain, client_id: str, token: str) -> requests.Response:
+    return _post(chain, "token", client_id, grant_type="refresh_token", refresh_token=token)
+
+
+def _rp_login(chain: Chain, scope: str = "openid profile offline_access") -> dict[str, Any]:
+    query, request, _ = chain.login(scope=scope)
+    reply = chain.redeem(query["code"][0], request["verifier"])
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+# -- RFC 9068 access tokens and RFC 8707 resources ------------------------------------------------
+
+
+def test_access_tokens_are_rfc9068_for_one_audience_with_the_acting_team(chain: Chain) -> None:
+    body = _roles_login(chain, 55)
+    token = body["access_token"]
+    keys = KeySet.import_key_set(requests.get(f"{chain.base}/jwks.json", timeout=5).json())
+    header = jws.extract_compact(token.encode()).headers()
+    assert header["typ"] == "at+jwt" and header["alg"] == "ES256"
+    claims = dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
+    for name in ("iss", "sub", "aud", "client_id", "azp", "iat", "exp", "jti", "scope", "acr", "auth_time",
+                 "organisation", "team", "roles"):
+        assert name in claims, name
+    assert claims["aud"] == ROLES_CLIENT and claims["client_id"] == ROLES_CLIENT
+    assert claims["exp"] - claims["iat"] == chain.broker.settings.tokens.access_token_lifetime
+    assert claims["sub"].startswith("s-")  # pairwise for this client's sector
+    assert (claims["team"], claims["roles"]) == ("stap-team", ["planner"])
+
+
+def test_a_resource_of_the_client_becomes_the_audience_and_a_foreign_one_is_invalid_target(
+        chain: Chain) -> None:
+    body = _roles_login(chain, 56, resource=f"{chain.base}/test-roles/api")
+    assert _claims(body["access_token"])["aud"] == f"{chain.base}/test-roles/api"
+    query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
+                              scope="openid roles.agenda", resource="https://elders.example/api")
+    assert query["error"] == ["invalid_target"], query
+
+
+def test_pairwise_subjects_differ_per_sector_and_stay_stable(chain: Chain) -> None:
+    first = _claims(_roles_login(chain, 57)["access_token"])["sub"]
+    again = _claims(_roles_login(chain, 57)["access_token"])["sub"]
+    other_sector = _claims(_exchange(chain, _roles_login(chain, 57)["access_token"]).json()["access_token"])
+    assert first == again and other_sector["sub"] != first and other_sector["sub"].startswith("s-")
+    public = _claims(_rp_login(chain)["access_token"])["sub"]
+    assert public.startswith("p-")  # the test RP is a public-subject client
+
+
+# -- refresh tokens ------------------------------------------------------------------------------------
+
+
+def test_refresh_rotates_and_reuse_revokes_the_whole_family(chain: Chain) -> None:
+    first = _rp_login(chain)
+    assert first["refresh_token"]
+    second = _refresh(chain, chain.rp_id, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    assert _claims(rotated["access_token"])["jti"] != _claims(first["access_token"])["jti"]
+    reuse = _refresh(chain, chain.rp_id, first["refresh_token"])
+    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+    after = _refresh(chain, chain.rp_id, rotated["refresh_token"])
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+    assert any(r.event["type"] == "refusal" and r.event.get("reason") == "refresh_token_reuse"
+               for r in records(chain.broker.audit))
+
+
+def test_no_refresh_token_without_offline_access_and_none_for_another_client(chain: Chain) -> None:
+    assert "refresh_token" not in _rp_login(chain, scope="openid profile")
+    token = _rp_login(chain)["refresh_token"]
+    stolen = _refresh(chain, ROLES_CLIENT, token)
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+    # ... and the rightful client's token still works (presenting it elsewhere did not burn it)
+    assert _refresh(chain, chain.rp_id, token).status_code == 200
+    basic = requests.post(f"{chain.base}/token", auth=(chain.basic_id, "x" * 8), timeout=5,
+                          data={"grant_type": "refresh_token", "refresh_token": token})
+    assert basic.status_code == 401
+
+
+def test_a_refresh_re_evaluates_the_policy(tmp_path: Path) -> None:
+    """A person removed from the team loses access at the next refresh."""
+    with running_chain(tmp_path) as chain:
+        body = _roles_login(chain, 58)
+        refreshed = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text
+        assert _claims(refreshed.json()["access_token"])["team"] == "stap-team"
+        teams_file = chain.policy_dir / "test-teams.yaml"
+        teams = json.loads(teams_file.read_text())
+        teams["teams"][0]["members"] = [{"group": "nobody-any-more"}]
+        teams_file.write_text(json.dumps(teams))
+        assert chain.broker.policy_holder.refresh(force=True)
+        gone = _refresh(chain, ROLES_CLIENT, refreshed.json()["refresh_token"])
+        assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
+
+
+# -- introspection and revocation -----------------------------------------------------------------------
+
+
+def test_introspection_needs_authentication_and_answers_only_for_the_tokens_audience(chain: Chain) -> None:
+    token = _rp_login(chain)["access_token"]
+    anonymous = requests.post(f"{chain.base}/introspect", data={"token": token}, timeout=5)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "invalid_client"
+    own = _post(chain, "introspect", chain.rp_id, token=token).json()
+    assert own["active"] is True and own["client_id"] == chain.rp_id and own["token_type"] == "Bearer"
+    assert own["acr"] and own["scope"].split() == ["openid", "profile", "offline_access"]
+    assert _post(chain, "introspect", API_CLIENT, token=token).json() == {"active": False}
+
+
+@pytest.mark.parametrize("forgery", ["alg_none", "hs256_with_public_key", "unknown_kid"])
+def test_forged_tokens_are_inactive_everywhere(chain: Chain, forgery: str) -> None:
+    token = _rp_login(chain)["access_token"]
+    claims = _claims(token)
+    header = jws.extract_compact(token.encode()).headers()
+    if forgery == "alg_none":
+        forged = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                          for part in ({"alg": "none", "typ": "at+jwt", "kid": header["kid"]}, claims)) + "."
+    else:
+        public = next(k for k in requests.get(f"{chain.base}/jwks.json", timeout=5).json()["keys"]
+                      if k["kid"] == header["kid"])
+        secret = OctKey.import_key(json.dumps(public).encode())
+        kid = header["kid"] if forgery == "hs256_with_public_key" else "not-a-kid"
+        forged = jwt.encode({"alg": "HS256", "typ": "at+jwt", "kid": kid}, claims, secret)
+    assert _post(chain, "introspect", chain.rp_id, token=forged).json() == {"active": False}
+    assert requests.get(f"{chain.base}/userinfo", headers={"Authorization": f"Bearer {forged}"},
+                        timeout=5).status_code == 401
+    exchanged = _exchange(chain, forged, client_id=ROLES_CLIENT)
+    assert exchanged.status_code == 400 and exchanged.json()["error"] == "invalid_grant"
+
+
+def test_a_revoked_token_is_inactive_on_every_instance_and_its_use_is_audited(chain: Chain) -> None:
+    body = _rp_login(chain)
+    token = body["access_token"]
+    assert requests.get(f"{chain.base}/userinfo", headers={"Authorization": f"Bearer {token}"},
+                        timeout=5).status_code == 200
+    assert _post(chain, "revoke", ROLES_CLIENT, token=token).status_code == 200  # not its token: no effect
+    assert _post(chain, "introspect", chain.rp_id, token=token).json()["active"] is True
+    assert _post(chain, "revoke", chain.rp_id, token=token).status_code == 200
+    assert _post(chain, "introspect", chain.rp_id, token=token).json() == {"active": False}
+    assert requests.get(f"{chain.base}/userinfo", headers={"Authorization": f"Bearer {token}"},
+                        timeout=5).status_code == 401
+    other_instance = create_app(chain.broker.settings).test_client()
+    seen = other_instance.post("/introspect", data={"token": token, **_auth(chain, chain.rp_id)})
+    assert seen.get_json() == {"active": False}
+    jti = _claims(token)["jti"]
+    events = [r.event for r in records(chain.broker.audit)]
+    assert any(e["type"] == "token.revoked" and e["detail"].get("jti") == jti for e in events)
+    assert any(e["type"] == "introspection.revoked" and e["detail"].get("jti") == jti for e in events)
+    # Revoking the refresh token ends the family.
+    assert _post(chain, "revoke", chain.rp_id, token=body["refresh_token"]).status_code == 200
+    dead = _refresh(chain, chain.rp_id, body["refresh_token"])
+    assert dead.json()["error"] == "invalid_grant"
+
+
+def test_logout_ends_the_sessions_tokens(chain: Chain) -> None:
+    query, request, browser = chain.login(scope="openid offline_access")
+    body = chain.redeem(query["code"][0], request["verifier"]).json()
+    browser.http.get(f"{chain.base}/logout", params={"id_token_hint": body["id_token"]}, timeout=5)
+    assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
+    dead = _refresh(chain, chain.rp_id, body["refresh_token"])
+    assert dead.json()["error"] == "invalid_grant"
+
+
+# -- token exchange ---------------------------------------------------------------------------------------
+
+
+def _exchange(chain: Chain, subject_token: str, *, client_id: str = ROLES_CLIENT,
+              **form: str) -> requests.Response:
+    form = {"subject_token_type": ACCESS_TOKEN_TYPE, "audience": API_CLIENT} | form
+    return _post(chain, "token", client_id, grant_type=TOKEN_EXCHANGE, subject_token=subject_token, **form)
+
+
+def test_token_exchange_keeps_person_team_and_acr_and_names_the_caller(chain: Chain) -> None:
+    subject = _roles_login(chain, 59)["access_token"]
+    reply = _exchange(chain, subject, scope="api.lezen")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["issued_token_type"] == ACCESS_TOKEN_TYPE and body["token_type"] == "Bearer"
+    new, old = _claims(body["access_token"]), _claims(subject)
+    assert new["aud"] == API_CLIENT and new["scope"] == "api.lezen" and new["act"] == {"sub": ROLES_CLIENT}
+    assert (new["team"], new["organisation"], new["acr"], new["auth_time"]) == (
+        old["team"], old["organisation"], old["acr"], old["auth_time"])
+    assert new["exp"] <= old["exp"]
+    introspected = _post(chain, "introspect", API_CLIENT, token=body["access_token"]).json()
+    assert introspected["active"] is True and introspected["act"] == {"sub": ROLES_CLIENT}
+    assert any(r.event["type"] == "token.exchanged" for r in records(chain.broker.audit))
+
+
+def test_token_exchange_refusals(chain: Chain) -> None:
+    subject = _roles_login(chain, 60)["access_token"]
+    forbidden = _exchange(chain, subject, audience="test-rp")
+    assert forbidden.status_code == 400 and forbidden.json()["error"] == "invalid_target"
+    too_much = _exchange(chain, subject, scope="api.schrijven")
+    assert too_much.json()["error"] == "invalid_scope"
+    not_allowed = _exchange(chain, _rp_login(chain)["access_token"], client_id=chain.rp_id)
+    assert not_allowed.json()["error"] == "unauthorized_client"
+    foreign = _exchange(chain, _rp_login(chain)["access_token"])  # test-rp's token, at test-roles
+    assert foreign.json()["error"] == "invalid_grant"
+    assert _post(chain, "revoke", ROLES_CLIENT, token=subject).status_code == 200
+    revoked = _exchange(chain, subject)
+    assert revoked.json()["error"] == "invalid_grant"
+    wrong_type = _exchange(chain, subject, subject_token_type="urn:ietf:params:oauth:token-type:id_token")
+    assert wrong_type.json()["error"] == "invalid_request"
+
+
+def test_an_expired_subject_token_cannot_be_exchanged(chain: Chain) -> None:
+    subject = _roles_login(chain, 49)["access_token"]
+    claims = _claims(subject) | {"exp": int(time.time()) - 5, "iat": int(time.time()) - 400}
+    expired = chain.broker.keys.sign(claims, typ="at+jwt")
+    reply = _exchange(chain, expired)
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+
+
+def test_discovery_names_the_new_endpoints_and_grants(chain: Chain) -> None:
+    metadata = requests.get(f"{chain.base}/.well-known/openid-configuration", timeout=5).json()
+    assert metadata["introspection_endpoint"] == f"{chain.base}/introspect"
+    assert metadata["revocation_endpoint"] == f"{chain.base}/revoke"
+    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token", TOKEN_EXCHANGE}
+    assert set(metadata["subject_types_supported"]) == {"pairwise", "public"}
+    assert parse_qs(urlsplit(metadata["authorization_endpoint"]).query) == {}
+
+
+def test_the_readmes_resource_server_example_works_with_pyjwt(chain: Chain) -> None:
+    """The README's few lines of PyJWT accept a substantial token for their audience and
+    answer a low one with the RFC 9470 challenge."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("With PyJWT:\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    code = code.replace("https://idbroker.example", chain.base).replace('"zvh-casus"', f'"{API_CLIENT}"')
+    exec(code, namespace)  # noqa: S102 - the README's own text is what is under test
+    substantial = chain.broker.keys.sign(_claims(_roles_login(chain, 48)["access_token"]) | {
+        "aud": API_CLIENT, "acr": "http://eidas.europa.eu/LoA/substantial"}, typ="at+jwt")
+    assert namespace["authorize"](substantial)["team"] == "stap-team"
+    low = _exchange(chain, _roles_login(chain, 48)["access_token"]).json()["access_token"]
+    with pytest.raises(namespace["Challenge"], match=r"insufficient_user_authentication.*acr_values="):
+        namespace["authorize"](low)
+    with pytest.raises(Exception, match=r"(?i)audience"):
+        namespace["authorize"](_rp_login(chain)["access_token"])
