@@ -9,8 +9,13 @@ TEST_DEBIAN_PACKAGES := redis-server xmlsec1 chromium
 # What the demo needs from Debian: xmlsec1, so pysaml2's stock backend works as documented.
 DEMO_DEBIAN_PACKAGES := xmlsec1
 PACKAGES ?= $(TEST_DEBIAN_PACKAGES)
+# The independent peers of tests/interop (oidc-provider, openid-client, samlify) and axe-core for
+# tests/browser, pinned by tests/interop/package-lock.json. Node and npm come from Debian only
+# when the machine has none (an image may bring its own Node, with npm inside).
+INTEROP := tests/interop
+NODE_DEBIAN_PACKAGES := nodejs npm
 
-.PHONY: demo test install lint system-packages clean
+.PHONY: demo test install lint system-packages node-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +45,19 @@ system-packages:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
 
+node-packages:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  $(MAKE) --no-print-directory system-packages PACKAGES="$(NODE_DEBIAN_PACKAGES)"
+
+# `npm ci` again only when node_modules is missing or the lock file is newer than it.
+$(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json | node-packages
+	npm ci --prefix $(INTEROP) --no-audit --no-fund
+	touch $@
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed-test system-packages lint
+test: $(VENV)/.installed-test system-packages $(INTEROP)/node_modules/.package-lock.json lint
 	$(BIN)/pytest
 
 clean:

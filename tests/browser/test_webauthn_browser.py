@@ -7,6 +7,9 @@ account that arrives at low logs in to the demo chain app, which needs eIDAS sub
 an administrator issues an activation code; the person enrols a WebAuthn authenticator,
 logs out, logs in again with a step-up, and the demo app shows ``acr`` substantial.
 
+Every page on the way is screenshotted and checked with axe-core (``tests/browser/axe.py``):
+no serious or critical WCAG violations.
+
 Locally the test skips when Chromium or Playwright is missing; with ``CI=true`` it fails
 instead, so CI can never pass without it.
 """
@@ -22,6 +25,7 @@ import pytest
 
 from idbroker.assurance.activation import ActivationCodes
 from idbroker.demo.launcher import DemoChain, build_demo
+from tests.browser.axe import PageAudit
 from tests.support.wsgi_server import DeferredApp, serve_wsgi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +68,7 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
     sync_playwright = _playwright()
     shots = tmp_path / "screenshots"
     shots.mkdir()
+    audit = PageAudit(shots)
     app_url = demo.app_urls["wvggz-portaal"]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -78,8 +83,13 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
 
             # 1. Upstream login: Anna Jansen's IdP gives a password login only (low).
             page.goto(app_url)
+            audit(page, "chain app")
             page.get_by_text("Inloggen via idbroker").click()
+            page.wait_for_url("**/login/*")
+            audit(page, "organisation chooser")
             page.get_by_role("link", name="Gemeente Utrecht").click()
+            page.wait_for_selector("#password")
+            audit(page, "IdP login")
             page.fill("#username", "a.jansen")
             page.fill("#password", "demo")
             page.get_by_role("button", name="Inloggen").click()
@@ -87,7 +97,7 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
             # 2. No factor yet: the broker asks for an activation code, which an
             #    administrator issues (idbroker enrol issue) for this person.
             page.wait_for_url("**/stepup/*/activate")
-            page.screenshot(path=str(shots / "1-activation.png"), full_page=True)
+            audit(page, "activation code")
             session_cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "idb_session")
             person = demo.broker.sessions.get(session_cookie).person
             code = ActivationCodes(demo.broker.store).issue(person, issued_by="browser test").code
@@ -96,18 +106,21 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
 
             # 3. Enrol the (virtual) authenticator with WebAuthn.
             page.wait_for_url("**/stepup/*/enrol")
+            audit(page, "enrolment choice")
             page.locator("[data-enrol=webauthn]").click()
+            page.wait_for_selector("#factor-name")
+            audit(page, "enrol security key")
             page.fill("#factor-name", "Virtuele sleutel")
-            page.screenshot(path=str(shots / "2-enrol-webauthn.png"), full_page=True)
             page.locator("#webauthn-button").click()
             page.wait_for_url(app_url)
             body = page.content()
             assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
-            page.screenshot(path=str(shots / "3-logged-in-after-enrolment.png"), full_page=True)
+            audit(page, "chain app after enrolment")
 
             # 4. Log out everywhere (the demo app logs out at the broker too).
             page.get_by_role("button", name="Uitloggen").click()
             page.wait_for_selector("text=U bent uitgelogd")
+            audit(page, "logged out")
 
             # 5. Log in again: password at the IdP, then the step-up with the authenticator.
             page.get_by_text("Inloggen via idbroker").click()
@@ -117,12 +130,13 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
                 page.fill("#password", "demo")
                 page.get_by_role("button", name="Inloggen").click()
             page.wait_for_url("**/stepup/*/webauthn")
-            page.screenshot(path=str(shots / "4-step-up.png"), full_page=True)
+            audit(page, "step-up with security key")
             page.locator("#webauthn-button").click()
             page.wait_for_url(app_url)
             body = page.content()
-            page.screenshot(path=str(shots / "5-logged-in-after-step-up.png"), full_page=True)
+            audit(page, "chain app after step-up")
             assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
             assert "&#34;hwk&#34;" in body or '"hwk"' in body  # amr: a hardware-bound key
+            audit.check()
         finally:
             browser.close()
