@@ -130,8 +130,12 @@ def session_fields(session: Any) -> dict[str, Any]:
             "sid": session.sid}
 
 
-def audit(event_type: EventType | str, **fields: Any) -> None:
+def audit(event_type: EventType | str, *, durable: bool = True, **fields: Any) -> None:
     """Record one event, durably, before whatever it describes is handed out.
+
+    ``durable=False`` for steps that hand nothing out (a login started, an IdP's answer, a
+    refusal): they are in the chain at once and on disk with the next durable event at the
+    latest, which is the one that precedes any session, code or token.
 
     Raises :class:`~idbroker.audit.AuditUnavailable` (the app answers 503 / temporarily
     unavailable): nothing may leave without its record. A value from outside (an IdP's
@@ -145,7 +149,7 @@ def audit(event_type: EventType | str, **fields: Any) -> None:
         kept = {k: v for k, v in fields.items() if k in _OWN_FIELDS}
         event = AuditEvent(type=event_type, correlation_id=correlation_id(), source_ip=client_ip() or None,
                            **kept, detail={"unsafe_value_dropped": True})
-    log_.record(event)
+    log_.record(event, durable=durable)
 
 
 #: Fields the broker itself makes (ids, levels, codes of its own), never taken from outside.
@@ -157,7 +161,7 @@ def audit_quietly(event_type: EventType | str, **fields: Any) -> None:
     """Record an event that hands nothing out (a refusal, a failed attempt): a broken audit
     store is logged loudly instead of turning the answer into an outage page."""
     try:
-        audit(event_type, **fields)
+        audit(event_type, durable=False, **fields)
     except AuditUnavailable as error:
         log.error("audit trail unavailable; %s (%s) NOT recorded: %s", event_type,
                   fields.get("reason", "-"), error)

@@ -47,7 +47,8 @@ def home_realm(policy: Policy, params: dict[str, str]) -> Organisation | None:
 def start_login(params: dict[str, str], *, force: bool = False) -> Response:
     b = broker()
     txn = b.sessions.begin_login(browser_id(), params | ({"prompt": "login"} if force else {}))
-    audit(EventType.LOGIN_STARTED, client=params.get("client_id"), scopes=params.get("scope", "").split(),
+    audit(EventType.LOGIN_STARTED, durable=False, client=params.get("client_id"),
+          scopes=params.get("scope", "").split(),
           detail={"prompt": params.get("prompt", ""), "forced": force})
     organisation = home_realm(b.policy, params)
     if organisation is not None:
@@ -102,7 +103,7 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
                           locale_hint=txn.params.get("ui_locales"))
     txn.organisation = organisation.id
     txn.upstream = hand_off.kept
-    audit(EventType.LOGIN_ORGANISATION_CHOSEN, organisation=organisation.id,
+    audit(EventType.LOGIN_ORGANISATION_CHOSEN, durable=False, organisation=organisation.id,
           client=txn.params.get("client_id"))
     b.sessions.save_login(txn)
     response = redirect(hand_off.url)
@@ -217,8 +218,8 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
     person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
     who = {"person": person, "upstream_issuer": identity.issuer, "upstream_subject": identity.subject,
            "organisation": organisation.id, "client": txn.params.get("client_id")}
-    audit(EventType.UPSTREAM_RESULT, **who, upstream_acr=identity.upstream_acr, acr=level.level.acr,
-          factors=identity.amr, detail={"mapping": level.reason})
+    audit(EventType.UPSTREAM_RESULT, durable=False, **who, upstream_acr=identity.upstream_acr,
+          acr=level.level.acr, factors=identity.amr, detail={"mapping": level.reason})
     token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),
                                        level=level.level.name.lower())
     try:

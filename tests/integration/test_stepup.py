@@ -24,6 +24,7 @@ from joserfc.jwk import KeySet
 from idbroker.assurance.activation import ActivationCodes
 from idbroker.assurance.factors import FactorRegistry
 from idbroker.assurance.stepup import FactorKind
+from idbroker.audit.log import records
 from idbroker.ratelimit import RateLimiter
 from idbroker.sessions import SsoSession
 from tests.integration.conftest import STEPUP_ORG, TRUSTED_OIDC_ORG, Chain, running_chain
@@ -280,6 +281,11 @@ def test_brute_force_locks_the_person_out_with_a_page(chain: Chain) -> None:
     locked = post_form(browser, step, "totp", code=app.code())  # even the right code
     assert locked.status_code == 429 and "te veel mislukte pogingen" in locked.text
     assert int(locked.headers["Retry-After"]) > 0
+    person = chain.person_of(browser)
+    mine = [r.event for r in records(chain.broker.audit) if r.event.get("person") == person]
+    failed = [e["reason"] for e in mine if e["type"] == "stepup.completed" and e["outcome"] == "failure"]
+    assert failed[:4] == ["wrong_code"] * 4
+    assert any(e["type"] == "refusal" and e["reason"] == "locked_out" for e in mine)
 
 
 def test_brute_force_from_one_ip_locks_the_ip_out(tmp_path) -> None:
@@ -349,6 +355,9 @@ def test_counter_regression_is_refused(chain: Chain, caplog: pytest.LogCaptureFi
                               headers=headers, timeout=5)
     assert reply.status_code == 400 and "gekopieerd" in reply.json()["message"]
     assert any("counter_regression" in r.getMessage() for r in caplog.records)
+    person = chain.person_of(browser)
+    assert any(r.event["type"] == "stepup.completed" and r.event.get("reason") == "counter_regression"
+               and r.event.get("person") == person for r in records(chain.broker.audit))
 
 
 def test_cancelled_browser_prompt_gets_a_message_and_a_fresh_try(chain: Chain) -> None:

@@ -96,13 +96,13 @@ def test_explain_names_the_rule_chain_and_why_not(tmp_path: Path, capsys: pytest
 def test_explain_from_upstream_claims_uses_the_idps_attribute_mapping(
         capsys: pytest.CaptureFixture[str]) -> None:
     claims = json.dumps({"sub": "u-10234", "email": "a.jansen@utrecht.demo", "groups": ["bgz-ondersteuning"],
-                         "functie": "procesregisseur", "iss": "https://idp", "nonce": "n"})
+                         "kamernummer": "2.14", "iss": "https://idp", "nonce": "n"})
     code, out, _ = run(capsys, "explain", "--dir", str(REPO / "policies"), "--claims", claims,
                        "--client", "zvh-casus", "--at", "2026-12-01T10:00")
     assert code == 0
     # The organisation comes from the e-mail domain; a claim the IdP mapping leaves out is
     # ignored, as it would be at login (and said so).
-    assert ("note: the attribute mapping of gemeente-utrecht's IdP does not map functie: ignored, as at "
+    assert ("note: the attribute mapping of gemeente-utrecht's IdP does not map kamernummer: ignored, as at "
             "login") in out
     assert "person    gemeente-utrecht/u-10234" in out
     assert "member by rule #2: listed by name (1 person)" in out
