@@ -6,8 +6,13 @@ authlib's authorization server: authorization code flow with PKCE (S256, require
 ``nonce``, RFC 9207 ``iss`` in authorization responses, ``private_key_jwt`` or
 ``client_secret_basic`` at the token endpoint, ES256 ID tokens and a userinfo endpoint.
 
-``faults`` makes one IdP misbehave on purpose (see :data:`FAULTS`) so that tests can show
-the broker refuses each kind of bad upstream answer.
+``faults`` makes one IdP misbehave on purpose (see :data:`FAULTS` and
+:data:`USERINFO_FAULTS`) so that tests can show the broker refuses each kind of bad upstream
+answer. ``profile_in_id_token=False`` makes it behave like a conforming OP that releases the
+claims asked for by scope at userinfo only (OIDC Core 5.4), as ``oidc-provider`` does.
+
+``client_assertion_max_age`` makes it refuse client assertions that live longer, as strict
+IdPs (idbroker itself among them) do; by default it takes authlib's hour-long ones.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from idbroker.oidc.provider import S256CodeChallenge
 
-__all__ = ["FAULTS", "DemoAccount", "DemoClient", "DemoIdP", "create_idp_app"]
+__all__ = ["FAULTS", "USERINFO_FAULTS", "DemoAccount", "DemoClient", "DemoIdP", "create_idp_app"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,18 @@ FAULTS = frozenset({
     "no_iss_param",         # authorization response without the RFC 9207 ``iss``
     "wrong_iss_param",      # authorization response ``iss`` names another issuer
 })
+#: Misbehaviours of the userinfo endpoint (kept apart from :data:`FAULTS`, which are about
+#: the authorization response and the ID token); meant for an IdP with
+#: ``profile_in_id_token=False``, whose userinfo answer the broker needs.
+USERINFO_FAULTS = frozenset({
+    "userinfo_other_sub",    # userinfo answers about another ``sub`` than the ID token's
+    "userinfo_unavailable",  # userinfo answers 503
+    "userinfo_not_json",     # userinfo answers 200 with an HTML page
+})
+#: The ``sub`` the ``userinfo_other_sub`` fault answers with.
+OTHER_SUB = "someone-else"
+#: What a strict IdP takes at most as a client assertion's lifetime (idbroker's default).
+CLIENT_ASSERTION_MAX_AGE = 300
 #: The issuer the ``wrong_issuer`` and ``wrong_iss_param`` faults claim to be.
 OTHER_ISSUER = "https://other-idp.example"
 
@@ -224,13 +241,16 @@ class DemoIdP:
     """
 
     def __init__(self, issuer: str, display_name: str, accounts: Iterable[DemoAccount],
-                 clients: Iterable[DemoClient], faults: Collection[str]) -> None:
-        unknown = set(faults) - FAULTS
+                 clients: Iterable[DemoClient], faults: Collection[str],
+                 profile_in_id_token: bool = True, client_assertion_max_age: int | None = None) -> None:
+        unknown = set(faults) - FAULTS - USERINFO_FAULTS
         if unknown:
             raise ValueError(f"unknown demo IdP faults: {sorted(unknown)}")
         self.issuer = issuer
         self.display_name = display_name
         self.faults = frozenset(faults)
+        self.profile_in_id_token = profile_in_id_token
+        self.client_assertion_max_age = client_assertion_max_age
         self._base = issuer.rstrip("/")
         self.signing_key = ECKey.generate_key(
             "P-256", parameters={"use": "sig", "alg": _ALG}, auto_kid=True)
@@ -460,6 +480,9 @@ class _OpenIDCode(OpenIDCode):
         return claims
 
     def generate_user_info(self, user: DemoAccount, scope: str) -> dict[str, Any]:
+        """The ID token's profile claims: none (only ``sub``) when they are at userinfo only."""
+        if not self.idp.profile_in_id_token:
+            return {"sub": user.sub}
         return self.idp.claims_for(user, scope)
 
     def encode_id_token(self, token: dict[str, Any], request: OAuth2Request) -> str:
@@ -508,6 +531,12 @@ class _ClientAssertion(JWTBearerClientAssertion):
     def resolve_client_public_key(self, client: _Client) -> KeySet:
         return self.idp.client_keys(client)
 
+    def verify_claims(self, claims: Any) -> None:
+        super().verify_claims(claims)
+        max_age = self.idp.client_assertion_max_age
+        if max_age is not None and float(claims["exp"]) - time.time() > max_age:
+            raise InvalidClientError(description="The client assertion lives too long.")
+
 
 class _Issuer(IssuerParameter):
     """RFC 9207 ``iss`` in every authorization response, unless a fault says otherwise."""
@@ -539,7 +568,10 @@ class _UserInfo(UserInfoEndpoint):
         return self.idp.issuer
 
     def generate_user_info(self, user: DemoAccount, scope: str) -> UserInfo:
-        return UserInfo(self.idp.claims_for(user, scope))
+        claims = self.idp.claims_for(user, scope)
+        if "userinfo_other_sub" in self.idp.faults:
+            claims["sub"] = OTHER_SUB
+        return UserInfo(claims)
 
 
 # -- the web app ---------------------------------------------------------------------------
@@ -589,9 +621,11 @@ def _slug(text: str) -> str:
 
 
 def create_idp_app(issuer: str, *, display_name: str, accounts: Iterable[DemoAccount],
-                   clients: Iterable[DemoClient], faults: Collection[str] = ()) -> Flask:
+                   clients: Iterable[DemoClient], faults: Collection[str] = (),
+                   profile_in_id_token: bool = True, client_assertion_max_age: int | None = None) -> Flask:
     """A Flask app that is the demo IdP ``issuer``; mount it at the issuer's path."""
-    idp = DemoIdP(issuer, display_name, accounts, clients, faults)
+    idp = DemoIdP(issuer, display_name, accounts, clients, faults, profile_in_id_token,
+                  client_assertion_max_age)
     app = Flask(__name__, static_folder=None)
     app.config.update(
         SECRET_KEY=secrets.token_bytes(32),
@@ -695,6 +729,10 @@ def create_idp_app(issuer: str, *, display_name: str, accounts: Iterable[DemoAcc
 
     @app.route("/userinfo", methods=["GET", "POST"])
     def userinfo() -> Response:
+        if "userinfo_unavailable" in idp.faults:
+            return Response("userinfo temporarily unavailable", status=503, mimetype="text/plain")
+        if "userinfo_not_json" in idp.faults:
+            return Response("<!doctype html><p>Inloggen</p>", mimetype="text/html")
         return server.create_endpoint_response("userinfo")
 
     return app

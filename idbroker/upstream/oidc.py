@@ -3,7 +3,9 @@
 The broker is a relying party of the organisation's IdP: authorization code flow with
 PKCE (S256), ``state`` and ``nonce``, one callback URL per IdP, the RFC 9207 ``iss``
 parameter checked against the configured issuer (mix-up defence), and ID tokens accepted
-only under the algorithms the policy names for that IdP.
+only under the algorithms the policy names for that IdP. Attributes the ID token lacks are
+read from the IdP's userinfo endpoint (a conforming OP, e.g. ``oidc-provider``, releases
+profile and group claims there only), after checking it speaks of the same ``sub``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
-from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
@@ -29,6 +31,19 @@ from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedi
 
 _METADATA_TTL = 3600.0
 _JWKS_REFRESH_MIN_INTERVAL = 60.0
+#: Lifetime of the broker's own ``private_key_jwt`` assertions. authlib's default is an hour;
+#: strict IdPs (idbroker itself among them) refuse assertions that live that long.
+CLIENT_ASSERTION_LIFETIME = 60
+
+
+class _ShortLivedPrivateKeyJWT(PrivateKeyJWT):
+    """authlib's ``private_key_jwt``, through its ``sign`` hook, with a short-lived assertion."""
+
+    def sign(self, auth: Any, token_endpoint: str) -> str:
+        return private_key_jwt_sign(auth.client_secret, client_id=auth.client_id,
+                                    token_endpoint=token_endpoint, claims=self.claims,
+                                    header=self.headers, alg=self.alg,
+                                    expires_in=CLIENT_ASSERTION_LIFETIME)
 
 
 class OidcConnector:
@@ -93,15 +108,18 @@ class OidcConnector:
         token = self._exchange(metadata, code, redirect_uri, kept["verifier"])
         claims = self._validate_id_token(token.get("id_token"), kept["nonce"])
         mapping = self.idp.attributes
-        subject = claims.get(mapping.subject)
+        # Profile claims: the ID token's, completed from userinfo; the ID token's values win.
+        # How the person logged in (acr, amr, auth_time) is read from the ID token only.
+        profile = {**self._userinfo(metadata, token, claims), **claims}
+        subject = profile.get(mapping.subject)
         if not isinstance(subject, str) or not subject:
-            raise UpstreamError("invalid", f"ID token has no subject claim {mapping.subject!r}")
+            raise UpstreamError("invalid", f"no subject claim {mapping.subject!r} in ID token or userinfo")
         return UpstreamIdentity(
             organisation=self.organisation.id,
             issuer=self.idp.issuer,
             subject=subject,
-            attributes={field: claims[source] for field, source in mapping.fields().items()
-                        if source in claims},
+            attributes={field: profile[source] for field, source in mapping.fields().items()
+                        if source in profile},
             upstream_acr=claims.get("acr"),
             amr=tuple(claims.get("amr") or ()),
             auth_time=claims.get("auth_time"),
@@ -123,7 +141,7 @@ class OidcConnector:
             session = OAuth2Session(self.idp.client_id, key,
                                     token_endpoint_auth_method="private_key_jwt")
             session.register_client_auth_method(
-                PrivateKeyJWT(token_endpoint, alg=alg, headers={"kid": key.kid}))
+                _ShortLivedPrivateKeyJWT(token_endpoint, alg=alg, headers={"kid": key.kid}))
         else:
             session = OAuth2Session(self.idp.client_id, self._client_secret,
                                     token_endpoint_auth_method="client_secret_basic")
@@ -135,6 +153,44 @@ class OidcConnector:
         except Exception as exc:  # authlib raises OAuthError and friends for error bodies
             raise UpstreamError("invalid", f"token request refused: {exc}") from exc
         return dict(token)
+
+    def _userinfo(self, metadata: Mapping[str, Any], token: Mapping[str, Any],
+                  id_token: Mapping[str, Any]) -> dict[str, Any]:
+        """The userinfo claims (OIDC Core 5.3), when the ID token lacks a mapped claim.
+
+        Nothing is asked when the ID token already has every claim the mapping reads (the
+        ID token's values win, so userinfo could add nothing) or the IdP has no userinfo
+        endpoint. Otherwise the login needs the answer: an IdP that cannot give it fails the
+        login (``unreachable``) rather than letting the person in without their groups, and
+        an answer about another ``sub`` (OIDC Core 5.3.2) is refused as ``invalid``.
+        """
+        endpoint = metadata.get("userinfo_endpoint")
+        mapping = self.idp.attributes
+        wanted = {mapping.subject, *mapping.fields().values()}
+        if not isinstance(endpoint, str) or wanted <= id_token.keys():
+            return {}
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise UpstreamError("invalid", "token response has no access_token for userinfo")
+        try:
+            reply = requests.get(endpoint, timeout=self._timeout, allow_redirects=False, headers={
+                "Accept": "application/json", "Authorization": f"Bearer {access_token}"})
+        except requests.RequestException as exc:
+            raise UpstreamError("unreachable", f"userinfo endpoint: {type(exc).__name__}") from exc
+        if reply.status_code != 200:
+            raise UpstreamError("unreachable", f"userinfo endpoint: HTTP {reply.status_code}")
+        if reply.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            # a signed or encrypted userinfo (application/jwt) was never asked for
+            raise UpstreamError("invalid", "userinfo is not a JSON object")
+        try:
+            answer = reply.json()
+        except ValueError as exc:
+            raise UpstreamError("invalid", "userinfo is not a JSON object") from exc
+        if not isinstance(answer, dict):
+            raise UpstreamError("invalid", "userinfo is not a JSON object")
+        if answer.get("sub") != id_token["sub"]:  # not a secret: a plain comparison
+            raise UpstreamError("invalid", "userinfo sub differs from the ID token sub")
+        return answer
 
     def _validate_id_token(self, id_token: str | None, nonce: str) -> dict[str, Any]:
         if not id_token:

@@ -5,7 +5,11 @@ The whole demo chain runs at ``http://localhost:PORT`` (a secure context whose r
 ``localhost``; a page at 127.0.0.1 would be refused by the browser). The journey: a demo
 account that arrives at low logs in to the demo chain app, which needs eIDAS substantial;
 an administrator issues an activation code; the person enrols a WebAuthn authenticator,
-logs out, logs in again with a step-up, and the demo app shows ``acr`` substantial.
+logs out, logs in again with a step-up, and the demo app shows ``acr`` substantial and the
+acting team; the second demo app then signs the person in without a new login (SSO). In a
+browser of its own, a person in two teams (``j.smit`` of Veilig Thuis, SAML, eHerkenning
+loa3) chooses a team on the broker's team page and switches with "Ander team kiezen"
+(``prompt=select_account``).
 
 Every page on the way is screenshotted and checked with axe-core (``tests/browser/axe.py``):
 no serious or critical WCAG violations.
@@ -20,6 +24,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +67,20 @@ def demo(tmp_path: Path) -> Iterator[DemoChain]:
         chain = build_demo(base, policies=tmp_path / "policies", state_dir=tmp_path / "state")
         deferred.target = chain.app
         yield chain
+
+
+def _acting_team(page: Any) -> str | None:
+    """The team the demo app says the person acts for (``data-acting-team``)."""
+    marker = page.locator("[data-acting-team]")
+    return marker.get_attribute("data-acting-team") if marker.count() else None
+
+
+def _navigations(page: Any) -> list[str]:
+    """Every URL the page's main frame goes to from now on (redirects included)."""
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url)
+            if request.is_navigation_request() and request.frame == page.main_frame else None)
+    return seen
 
 
 def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tmp_path: Path) -> None:
@@ -137,6 +156,70 @@ def test_enrol_webauthn_with_an_activation_code_then_step_up(demo: DemoChain, tm
             audit(page, "chain app after step-up")
             assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
             assert "&#34;hwk&#34;" in body or '"hwk"' in body  # amr: a hardware-bound key
+            # a.jansen's one team on the Wvggz-portaal, named in the token the app received.
+            assert _acting_team(page) == "utrecht-wvggz", body[:2000]
+
+            # 6. The second chain app: single sign-on, no new login at the IdP, no step-up.
+            second_url = demo.app_urls["zvh-casus"]
+            went = _navigations(page)
+            page.goto(second_url)
+            audit(page, "second chain app")
+            page.get_by_text("Inloggen via idbroker").click()
+            page.wait_for_url(lambda url: url.startswith(second_url) or "/team/" in url)
+            if "/team/" in page.url:
+                # Her stand-in membership of the ZVH process directors (2 Nov 2026 - 31 Jan 2027,
+                # demo policy) gives a second team on this app during that period.
+                audit(page, "team choice on the second app")
+                page.locator('[data-team="utrecht-wvggz"]').click()
+                page.wait_for_url(second_url)
+            body = page.content()
+            audit(page, "second chain app after single sign-on")
+            assert "Anna Jansen" in body and SUBSTANTIAL in body, body[:2000]
+            assert _acting_team(page) == "utrecht-wvggz"
+            # (/stepup/<login>/continue only carries on after a team choice; it asks nothing)
+            asked = [url for url in went if "/demo-idp/" in url
+                     or ("/stepup/" in url and not url.split("?")[0].endswith("/continue"))]
+            assert not asked, went
+
+            # 7. Another person, another browser: j.smit is in two Veilig Thuis teams that reach
+            #    the Wvggz-portaal; her IdP's own MFA (eHerkenning loa3) is trusted for substantial.
+            page = browser.new_context(locale="nl-NL").new_page()
+            page.set_default_timeout(15_000)
+            page.goto(app_url)
+            page.get_by_text("Inloggen via idbroker").click()
+            page.wait_for_url("**/login/*")
+            page.get_by_role("link", name="Veilig Thuis Utrecht").click()
+            page.wait_for_selector("#password")
+            audit(page, "SAML IdP login")
+            page.fill("#username", "j.smit")
+            page.fill("#password", "demo")
+            page.get_by_role("button", name="Inloggen").click()
+            page.get_by_role("button", name="Doorgaan").wait_for()
+            audit(page, "SAML IdP sends the response")
+            page.get_by_role("button", name="Doorgaan").click()
+            page.wait_for_url("**/team/*")
+            audit(page, "team choice")
+            offered = {button.get_attribute("data-team") for button in page.locator("[data-team]").all()}
+            assert offered == {"vtu-team-west", "vtu-crisisdienst"}, offered
+            page.locator('[data-team="vtu-crisisdienst"]').click()
+            page.wait_for_url(app_url)
+            body = page.content()
+            audit(page, "chain app acting for the crisis team")
+            assert "Jeroen Smit" in body and SUBSTANTIAL in body, body[:2000]
+            assert _acting_team(page) == "vtu-crisisdienst"
+
+            # 8. Team switch: "Ander team kiezen" sends prompt=select_account; the broker asks again
+            #    (no new login) and the app now acts for the other team.
+            went = _navigations(page)
+            page.get_by_role("link", name="Ander team kiezen").click()
+            page.wait_for_url("**/team/*")
+            audit(page, "team choice again")
+            assert any("prompt=select_account" in url for url in went), went
+            page.locator('[data-team="vtu-team-west"]').click()
+            page.wait_for_url(app_url)
+            audit(page, "chain app acting for team West")
+            assert _acting_team(page) == "vtu-team-west"
+            assert not [url for url in went if "/demo-idp/" in url], went
             audit.check()
         finally:
             browser.close()

@@ -229,11 +229,17 @@ class InteropChain:
                        totp=TotpApp())
 
 
+#: RFC 8693: which client may exchange a person's access token towards which other one.
+TOKEN_EXCHANGE_RULES = {OPENID_CLIENT: AUTHLIB, AUTHLIB: OPENID_CLIENT}
+
+
 def _client(client_id: str, key: ECKey, redirect_uri: str) -> dict[str, Any]:
+    exchange = ([{"audience": TOKEN_EXCHANGE_RULES[client_id], "scopes": [DOSSIER_SCOPE]}]
+                if client_id in TOKEN_EXCHANGE_RULES else [])
     return {"id": client_id, "name": client_id, "redirect_uris": [redirect_uri],
             "auth_method": "private_key_jwt", "min_level": "substantial", "subject_type": "public",
             "jwks": {"keys": [key.as_dict(private=False) | {"alg": "ES256", "use": "sig"}]},
-            "scopes": ["openid", "profile", "email"],
+            "scopes": ["openid", "profile", "email", "offline_access"], "token_exchange": exchange,
             "claims": ["name", "email", "organisation", "team", "roles", "person", "acr", "amr", "auth_time"],
             "application_scopes": [{"name": DOSSIER_SCOPE, "description": "dossiers inzien"}]}
 

@@ -1,9 +1,9 @@
 """Chain applications on independent OpenID Connect client libraries against a running broker:
 ``openid-client`` 6 (npm, a certified relying party) and Python's authlib. Each does what its
 vendor's documentation says: discovery, authorization code + PKCE, ``private_key_jwt``, ID token
-validation (nonce, ``acr`` substantial), userinfo. The browser part is the scripted browser.
-
-Refresh tokens and token exchange are not built yet (issue 6): no tests for them here.
+validation (nonce, ``acr`` substantial), userinfo; then the refresh_token grant (rotation: the old
+token refused, its family with it), RFC 8693 token exchange, introspection and revocation. The
+browser part is the scripted browser.
 """
 
 from __future__ import annotations
@@ -24,15 +24,22 @@ from joserfc.jwk import ECKey, KeySet
 
 from tests.interop.conftest import (
     AUTHLIB,
+    DOSSIER_SCOPE,
     INTEROP,
     OIDC_TRUSTED,
     OIDC_UNTRUSTED,
     OPENID_CLIENT,
+    RP,
     SUBSTANTIAL,
     InteropChain,
     oidc_person,
 )
 from tests.support.browser import Browser
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+#: What a chain application with refresh tokens and the dossier scope asks for.
+OFFLINE_SCOPE = f"openid profile email offline_access {DOSSIER_SCOPE}"
 
 # -- openid-client --------------------------------------------------------------------------
 
@@ -41,13 +48,14 @@ class OpenIdClientApp:
     """The npm openid-client relying party in a node process, one login per process."""
 
     def __init__(self, node: str, chain: InteropChain, *, key: ECKey | None = None,
-                 params: dict[str, str] | None = None) -> None:
+                 params: dict[str, str] | None = None, scope: str = "openid profile email",
+                 then: dict[str, Any] | None = None) -> None:
         self.process = subprocess.Popen([node, str(INTEROP / "openid_client_rp.mjs")], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         key = key or chain.keys[OPENID_CLIENT]
         self._send({"issuer": chain.base, "client_id": OPENID_CLIENT, "jwk": key.as_dict(private=True),
-                    "redirect_uri": chain.redirect_uri(OPENID_CLIENT), "scope": "openid profile email",
-                    "params": {"acr_values": SUBSTANTIAL, **(params or {})}})
+                    "redirect_uri": chain.redirect_uri(OPENID_CLIENT), "scope": scope,
+                    "params": {"acr_values": SUBSTANTIAL, **(params or {})}, "then": then})
 
     def _send(self, value: Any) -> None:
         assert self.process.stdin is not None
@@ -109,10 +117,51 @@ def test_openid_client_logs_in_with_pkce_private_key_jwt_and_acr_substantial(
     assert userinfo["sub"] == claims["sub"]
     assert userinfo["email"] == hint and userinfo["name"] == "E. Dekker"
     assert result["token_type"].lower() == "bearer" and 0 < result["expires_in"] <= 300
+    assert result["has_refresh_token"] is False  # offline_access was not asked for
     # The client authenticated with private_key_jwt: discovery says only that (and secrets) is taken.
     discovery = requests.get(f"{interop.base}/.well-known/openid-configuration", timeout=5).json()
     assert "private_key_jwt" in discovery["token_endpoint_auth_methods_supported"]
     assert discovery["code_challenge_methods_supported"] == ["S256"]
+
+
+def test_openid_client_exchanges_introspects_revokes_and_refreshes_with_rotation(
+        interop: InteropChain, node: str) -> None:
+    browser = Browser(organisation=OIDC_TRUSTED)
+    hint = oidc_person(OIDC_TRUSTED, "f.mulder")
+    result = _openid_client_login(node, interop, browser, params={"login_hint": hint}, scope=OFFLINE_SCOPE,
+                                  then={"exchange": [{"audience": AUTHLIB, "scope": DOSSIER_SCOPE},
+                                                     {"audience": RP, "scope": DOSSIER_SCOPE}],
+                                        "revoke": True, "refresh": True})
+    assert "error" not in result, result
+    assert result["has_refresh_token"] is True
+    then, access = result["then"], result["access"]
+    assert DOSSIER_SCOPE in access["scope"].split() and access["team"] == f"{OIDC_TRUSTED}-crisis"
+
+    # RFC 8693 through openid-client's genericGrantRequest: a token for the other application,
+    # same person, team and level, naming the caller; towards an application without a rule: refused.
+    exchanged, refused = then["exchange"]
+    assert exchanged.get("issued_token_type") == ACCESS_TOKEN_TYPE, exchanged
+    assert exchanged["token_type"].lower() == "bearer" and exchanged["has_refresh_token"] is False
+    new = exchanged["claims"]
+    assert new["aud"] == AUTHLIB and new["scope"] == DOSSIER_SCOPE and new["act"] == {"sub": OPENID_CLIENT}
+    assert (new["sub"], new["team"], new["organisation"], new["acr"], new["auth_time"]) == (
+        access["sub"], access["team"], access["organisation"], SUBSTANTIAL, access["auth_time"])
+    assert new["exp"] <= access["exp"]
+    assert refused["error"]["error"] == "invalid_target", refused
+
+    # RFC 7662 / RFC 7009: active, then revoked and inactive.
+    assert then["introspection"]["active"] is True and then["introspection"]["client_id"] == OPENID_CLIENT
+    assert then["revoked"] == {"active": False}
+
+    # Refresh: a new access token and a new refresh token; the old one then refused, and the
+    # whole family with it (the new one too).
+    refresh = then["refresh"]
+    assert "error" not in refresh, refresh
+    assert refresh["rotated"] is True
+    assert refresh["claims"]["sub"] == access["sub"] and refresh["claims"]["team"] == access["team"]
+    assert refresh["claims"]["jti"] != access["jti"]
+    assert refresh["reuse"].get("error") == "invalid_grant", refresh["reuse"]
+    assert refresh["after_reuse"].get("error") == "invalid_grant", refresh["after_reuse"]
 
 
 def test_openid_client_with_a_key_the_broker_does_not_know_is_refused(
@@ -187,3 +236,40 @@ def test_authlib_stock_private_key_jwt_lifetime_is_refused(interop: InteropChain
         session.fetch_token(discovery["token_endpoint"], code="not-looked-at", code_verifier="x" * 43)
     assert refused.value.error == "invalid_client"
     assert "too long" in refused.value.description
+
+
+def test_authlib_client_refreshes_with_rotation_and_exchanges(interop: InteropChain) -> None:
+    discovery = requests.get(f"{interop.base}/.well-known/openid-configuration", timeout=5).json()
+    session = _authlib_session(interop, discovery)
+    session.scope = OFFLINE_SCOPE
+    verifier = secrets.token_urlsafe(48)
+    url, state = session.create_authorization_url(
+        discovery["authorization_endpoint"], code_verifier=verifier, nonce=secrets.token_urlsafe(16),
+        acr_values=SUBSTANTIAL, login_hint=oidc_person(OIDC_TRUSTED, "e.dekker"))
+    browser = Browser(organisation=OIDC_TRUSTED)
+    step = browser.go(url, stop_at=interop.redirect_uri(AUTHLIB))
+    assert step.url.startswith(interop.redirect_uri(AUTHLIB)), [s.url for s in browser.history]
+    first = session.fetch_token(discovery["token_endpoint"], authorization_response=step.url,
+                                state=state, code_verifier=verifier)
+    assert first["refresh_token"]
+    first_access = interop.verify(first["access_token"])
+
+    # RFC 8693 with authlib's fetch_token and a custom grant_type, towards openid-client's app.
+    exchanged = session.fetch_token(discovery["token_endpoint"], grant_type=TOKEN_EXCHANGE,
+                                    subject_token=first["access_token"], subject_token_type=ACCESS_TOKEN_TYPE,
+                                    audience=OPENID_CLIENT, scope=DOSSIER_SCOPE)
+    assert exchanged["issued_token_type"] == ACCESS_TOKEN_TYPE
+    claims = interop.verify(exchanged["access_token"])
+    assert claims["aud"] == OPENID_CLIENT and claims["act"] == {"sub": AUTHLIB}
+    assert claims["team"] == first_access["team"] and claims["acr"] == SUBSTANTIAL
+
+    second = session.refresh_token(discovery["token_endpoint"], refresh_token=first["refresh_token"])
+    assert second["refresh_token"] and second["refresh_token"] != first["refresh_token"]
+    second_access = interop.verify(second["access_token"])
+    assert second_access["sub"] == first_access["sub"] and second_access["jti"] != first_access["jti"]
+    with pytest.raises(OAuthError) as reused:
+        session.refresh_token(discovery["token_endpoint"], refresh_token=first["refresh_token"])
+    assert reused.value.error == "invalid_grant"
+    with pytest.raises(OAuthError) as family:
+        session.refresh_token(discovery["token_endpoint"], refresh_token=second["refresh_token"])
+    assert family.value.error == "invalid_grant"
