@@ -210,3 +210,32 @@ def test_backend_refuses_cbc_encrypted_data(keys: Path) -> None:
 
     with pytest.raises(DecryptError, match="not accepted"):
         InProcessXmlSec().decrypt(downgraded, str(encryption.key_file))
+
+
+def test_backend_refuses_rsa_pkcs1_v15_key_transport(keys: Path) -> None:
+    """A really rsa-1_5-wrapped key (libxmlsec1 would unwrap it): refused before decryption."""
+    import xmlsec
+    from saml2.sigver import DecryptError
+
+    from idbroker.upstream.saml.crypto import _keys_manager
+
+    encryption = ensure_key_pair(keys, "sp-enc", common_name="sp")
+    root = parse_xml(f'<r xmlns:saml="{_SAML}"><saml:EncryptedAssertion><saml:Assertion ID="a">'
+                     '<saml:Issuer>geheim</saml:Issuer></saml:Assertion></saml:EncryptedAssertion></r>')
+    holder = root[0]
+    assertion = holder[0]
+    data = xmlsec.template.encrypted_data_create(holder, xmlsec.constants.TransformAes256Gcm,
+                                                 type=xmlsec.constants.TypeEncElement, ns="xenc")
+    xmlsec.template.encrypted_data_ensure_cipher_value(data)
+    key_info = xmlsec.template.encrypted_data_ensure_key_info(data, ns="ds")
+    wrapped = xmlsec.template.add_encrypted_key(key_info, xmlsec.constants.TransformRsaPkcs1)
+    xmlsec.template.encrypted_data_ensure_cipher_value(wrapped)
+    context = xmlsec.EncryptionContext(_keys_manager(str(encryption.cert_file),
+                                                     xmlsec.constants.KeyDataFormatCertPem))
+    context.key = xmlsec.Key.generate(xmlsec.constants.KeyDataAes, 256, xmlsec.constants.KeyDataTypeSession)
+    context.encrypt_binary(data, etree.tostring(assertion))
+    holder.replace(assertion, data)
+    encrypted = etree.tostring(root, encoding="unicode")
+    assert "http://www.w3.org/2001/04/xmlenc#rsa-1_5" in encrypted and "geheim" not in encrypted
+    with pytest.raises(DecryptError, match="key transport algorithm not accepted"):
+        InProcessXmlSec().decrypt(encrypted, str(encryption.key_file))

@@ -30,15 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
-from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
+from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, time_util
 from saml2 import saml as saml_ns
-from saml2.client import Saml2Client
 from saml2.config import SPConfig
 from saml2.metadata import entity_descriptor
 from saml2.response import StatusError
 from saml2.samlp import RequestedAuthnContext
 from saml2.sigver import RSACrypto, import_rsa_key_from_file
-from saml2.time_util import str_to_time
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from idbroker.assurance.levels import Level
@@ -50,6 +48,8 @@ from idbroker.upstream.saml.crypto import InProcessXmlSec, UnsafeXml, parse_xml
 from idbroker.upstream.saml.keys import KeyPair
 from idbroker.upstream.saml.metadata import IdpMetadata, MetadataSource
 from idbroker.upstream.saml.schema import install as install_schema_validator
+from idbroker.upstream.saml.security import SinglePassSaml2Client
+from idbroker.upstream.saml.security import install as install_pysaml2_tuning
 
 log = logging.getLogger("idbroker.upstream.saml")
 
@@ -91,8 +91,9 @@ class SamlConnector:
         self.store = store
         self.clock_skew = clock_skew
         self._lock = threading.Lock()
-        self._client: tuple[str, Saml2Client] | None = None
+        self._client: tuple[str, SinglePassSaml2Client] | None = None
         install_schema_validator()
+        install_pysaml2_tuning()
 
     # -- the protocol ------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class SamlConnector:
         except Exception as exc:  # pysaml2 signals each failed check with its own exception class
             raise UpstreamError("invalid", f"response refused: {type(exc).__name__}: "
                                            f"{str(exc)[:200]}") from exc
+        finally:
+            client.forget()
         if answer is None or answer.assertion is None:
             raise UpstreamError("invalid", "response refused: no usable assertion")
         if answer.in_response_to != request_id:
@@ -191,7 +194,7 @@ class SamlConnector:
         expiry = now + 300
         conditions = answer.assertion.conditions
         if conditions is not None and conditions.not_on_or_after:
-            expiry = calendar.timegm(str_to_time(conditions.not_on_or_after))
+            expiry = calendar.timegm(time_util.str_to_time(conditions.not_on_or_after))
         ttl = max(expiry - now, 0) + self.clock_skew + 60
         for kind, identifier in (("response", answer.response.id), ("assertion", answer.assertion.id)):
             if not self.store.add(_SEEN, f"{self.idp.entity_id} {kind} {identifier}", {"at": now}, ttl):
@@ -228,7 +231,7 @@ class SamlConnector:
             if context is not None and context.authn_context_class_ref is not None:
                 class_ref = context.authn_context_class_ref.text.strip()
             if statement.authn_instant:
-                auth_time = calendar.timegm(str_to_time(statement.authn_instant))
+                auth_time = calendar.timegm(time_util.str_to_time(statement.authn_instant))
         return UpstreamIdentity(
             organisation=self.organisation.id,
             issuer=self.idp.entity_id,
@@ -241,15 +244,15 @@ class SamlConnector:
 
     # -- pysaml2 -------------------------------------------------------------------
 
-    def _saml_client(self) -> Saml2Client:
+    def _saml_client(self) -> SinglePassSaml2Client:
         metadata = self._metadata()
         with self._lock:
             if self._client is not None and self._client[0] == metadata.digest:
                 return self._client[1]
-        client = Saml2Client(self.config(metadata))
-        # The in-process backend replaces the xmlsec1 subprocess: same library, no fork.
-        client.sec.crypto = InProcessXmlSec()
-        client.sec.sec_backend = RSACrypto(import_rsa_key_from_file(str(self.sp.signing.key_file)))
+        # The in-process backend replaces the xmlsec1 subprocess (same library, no fork), in a
+        # client that does each piece of work on a Response once.
+        client = SinglePassSaml2Client(self.config(metadata), crypto=InProcessXmlSec(),
+                                       signing_key=RSACrypto(import_rsa_key_from_file(str(self.sp.signing.key_file))))
         with self._lock:
             self._client = (metadata.digest, client)
         return client
