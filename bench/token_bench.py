@@ -1,7 +1,8 @@
 """Token endpoint throughput: idbroker against node ``oidc-provider``, same machine, same run.
 
     npm ci --prefix bench                       # once: the peer, pinned in bench/package-lock.json
-    .venv/bin/python bench/token_bench.py [--duration 5] [--connections 16] [--no-idbroker]
+    .venv/bin/python bench/token_bench.py [--duration 5] [--connections 16] [--store sqlite|redis|both]
+                                          [--threads 8] [--access-log] [--no-idbroker | --no-peer]
 
 Each server runs on one core (``taskset -c 0``), the load generator on the other (``-c 1``):
 ``wrk`` (Debian package ``wrk``) when installed, else a Python keep-alive generator in this
@@ -19,7 +20,11 @@ Scenarios (ES256-signed RFC 9068 access tokens throughout, client_secret_basic):
   opaque tokens; idbroker introspects its JWTs).
 
 The idbroker side is served by ``idbroker serve`` (gunicorn, one gthread worker) on a
-throw-away config, policy, key directory and SQLite store; refresh tokens are minted with
+throw-away config, policy, key directory and store: a SQLite file (the audit trail in the
+``*-audit.sqlite3`` file beside it, every token's event fsynced before it leaves), and/or a
+throw-away ``redis-server`` (no persistence) pinned to the broker's core, holding the store
+and the audit trail. idbroker's access log is off unless ``--access-log``, as the peer writes
+none (it costs ~15 %). Where the time goes: ``bench/token_profile.py``. refresh tokens are minted with
 ``idbroker.tokens.RefreshTokens`` in that store and subject tokens signed with its keys. Until
 the token endpoint serves a grant, the script prints "idbroker grant not available yet" for it.
 """
@@ -44,7 +49,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from idbroker.keys import KeyRing  # noqa: E402
-from idbroker.store.sqlite import SqliteStore  # noqa: E402
+from idbroker.store import open_store  # noqa: E402
 from idbroker.tokens import RefreshTokens, Revocations  # noqa: E402
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -61,6 +66,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-secret"
 BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 SERVER_CORE, LOAD_CORE = "0", "1"
+#: redis-server shares the broker's core: everything server-side on one core, like the peer.
+REDIS_CORE = SERVER_CORE
 
 
 @dataclass
@@ -263,36 +270,67 @@ teams:
 """
 
 
-@contextmanager
-def idbroker(workdir: Path) -> Iterator[tuple[int, str, Path]]:
+def write_config(workdir: Path, *, issuer: str, bind: str, store_url: str, threads: int = 8,
+                 workers: int = 1, access_log: bool = False) -> Path:
+    """A throw-away broker config: the bench policy, a key directory, the given store."""
     import hashlib
 
-    port = free_port()
     policies = workdir / "policies"
-    policies.mkdir()
+    policies.mkdir(exist_ok=True)
     secret_sha256 = hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()
     (policies / "bench.yaml").write_text(_POLICY % {"secret_sha256": secret_sha256})
-    issuer = f"http://127.0.0.1:{port}"
     config = workdir / "idbroker.yaml"
+    log = str(access_log).lower()
     config.write_text(textwrap.dedent(f"""\
         issuer: {issuer}
         policies_dir: {policies}
         keys_dir: {workdir / "keys"}
-        store: {{url: "sqlite:///{workdir / "store.sqlite3"}"}}
-        server: {{bind: "127.0.0.1:{port}", workers: 1, threads: 8}}
+        store: {{url: "{store_url}"}}
+        server: {{bind: "{bind}", workers: {workers}, threads: {threads}, access_log: {log}}}
         """))
+    return config
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any]) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                sys.exit(f"{process.args[0]} exited with {process.returncode}")
+            time.sleep(0.05)
+
+
+@contextmanager
+def idbroker(workdir: Path, store_url: str, threads: int, *,
+             access_log: bool = False) -> Iterator[tuple[int, str, Path]]:
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    config = write_config(workdir, issuer=issuer, bind=f"127.0.0.1:{port}", store_url=store_url,
+                          threads=threads, access_log=access_log)
     process = subprocess.Popen([*pinned(SERVER_CORE), str(ROOT / ".venv" / "bin" / "idbroker"), "--config",
                                 str(config), "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None:
-                    sys.exit(f"idbroker serve exited with {process.returncode}")
-                time.sleep(0.05)
+        wait_for_port(port, process)
         yield process.pid, issuer, workdir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[tuple[int, str]]:
+    """A throw-away ``redis-server`` on its own core beside the broker's (no persistence:
+    what the tests run; a deployment's AOF settings are its own)."""
+    port = free_port()
+    process = subprocess.Popen([*pinned(REDIS_CORE), "redis-server", "--port", str(port),
+                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", str(workdir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield process.pid, f"redis://127.0.0.1:{port}/0"
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
@@ -304,9 +342,10 @@ def _identity(i: int) -> dict[str, Any]:
             "attributes": {"groups": ["bench"]}}
 
 
-def idbroker_bodies(issuer: str, workdir: Path, refresh_count: int) -> dict[str, list[str] | str]:
+def idbroker_bodies(issuer: str, workdir: Path, refresh_count: int, *,
+                    store_url: str | None = None) -> dict[str, list[str] | str]:
     """Refresh tokens minted in the broker's own store, and a subject token under its keys."""
-    store = SqliteStore(workdir / "store.sqlite3")
+    store = open_store(store_url or f"sqlite:///{workdir / 'store.sqlite3'}")
     refresh = RefreshTokens(store, Revocations(store))
     now = time.time()
     tokens = [refresh.issue(client_id=CLIENT_ID, person=f"p-{i}", sid=f"sid-{i}", organisation="bench-org",
@@ -355,6 +394,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-idbroker", action="store_true", help="measure the peer only")
+    parser.add_argument("--no-peer", action="store_true", help="measure idbroker only (no ratio)")
+    parser.add_argument("--store", choices=("sqlite", "redis", "both"), default="both",
+                        help="idbroker's store (and audit trail): a SQLite file, or a redis-server")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads (one worker)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="keep idbroker's per-request access log (the peer writes none; off by default)")
     args = parser.parse_args()
     generator = run_wrk if shutil.which("wrk") else run_python
     pinning = f"servers on core {SERVER_CORE}, load on core {LOAD_CORE}" if pinned(SERVER_CORE) \
@@ -366,42 +411,62 @@ def main() -> int:
     results: dict[tuple[str, str], Result] = {}
     with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
         workdir = Path(tmp)
-        with oidc_provider(refresh_count) as (pid, minted):
-            base = minted["issuer"]
-            peer = scenarios(minted, other_resource="https://other-api.bench.example")
-            peer["client_credentials"] = ("/token", [urllib.parse.urlencode(
-                {"grant_type": "client_credentials", "scope": "api:read", "resource": "https://api.bench.example"})])
-            peer["introspection"] = ("/token/introspection",
-                                     [urllib.parse.urlencode({"token": minted["opaque"]})])
-            for name in ("client_credentials", "refresh", "exchange", "introspection"):
-                path, bodies = peer[name]
-                status, answer = post(base, path, dict(urllib.parse.parse_qsl(bodies[-1])))
-                if status != 200:
-                    report("oidc-provider", name, f"probe failed: {status} {answer.get('error')}")
-                    continue
-                # The probe used the last refresh token: leave it out of the run.
-                run_bodies = bodies[:-1] if name == "refresh" else bodies
-                results[("oidc-provider", name)] = generator(base, path, run_bodies, duration=args.duration,
-                                                             connections=args.connections, workdir=workdir)
-                report("oidc-provider", name, results[("oidc-provider", name)], peak_rss_mib(pid))
-        if not args.no_idbroker:
-            run_idbroker(workdir, refresh_count, generator, args, results)
+        if not args.no_peer:
+            measure_peer(refresh_count, generator, args, results, workdir)
+        stores = [] if args.no_idbroker else ["sqlite", "redis"] if args.store == "both" else [args.store]
+        for store in stores:
+            run_idbroker(workdir, store, refresh_count, generator, args, results)
     print()
-    for name in ("refresh", "exchange", "introspection"):
-        ours, theirs = results.get(("idbroker", name)), results.get(("oidc-provider", name))
-        if ours and theirs:
-            print(f"ratio idbroker / oidc-provider, {name}: {ours.rps / theirs.rps:.2f}")
-        else:
-            print(f"ratio idbroker / oidc-provider, {name}: n/a (not measured on both)")
+    for store in stores or ["sqlite"]:
+        server = _label(store)
+        for name in ("refresh", "exchange", "introspection"):
+            ours, theirs = results.get((server, name)), results.get(("oidc-provider", name))
+            if ours and theirs:
+                print(f"ratio {server} / oidc-provider, {name}: {ours.rps / theirs.rps:.2f}")
+            else:
+                print(f"ratio {server} / oidc-provider, {name}: n/a (not measured on both)")
     return 0
 
 
-def run_idbroker(workdir: Path, refresh_count: int, generator: Any, args: argparse.Namespace,
+def measure_peer(refresh_count: int, generator: Any, args: argparse.Namespace,
+                 results: dict[tuple[str, str], Result], workdir: Path) -> None:
+    with oidc_provider(refresh_count) as (pid, minted):
+        base = minted["issuer"]
+        peer = scenarios(minted, other_resource="https://other-api.bench.example")
+        peer["client_credentials"] = ("/token", [urllib.parse.urlencode(
+            {"grant_type": "client_credentials", "scope": "api:read", "resource": "https://api.bench.example"})])
+        peer["introspection"] = ("/token/introspection",
+                                 [urllib.parse.urlencode({"token": minted["opaque"]})])
+        for name in ("client_credentials", "refresh", "exchange", "introspection"):
+            path, bodies = peer[name]
+            status, answer = post(base, path, dict(urllib.parse.parse_qsl(bodies[-1])))
+            if status != 200:
+                report("oidc-provider", name, f"probe failed: {status} {answer.get('error')}")
+                continue
+            # The probe used the last refresh token: leave it out of the run.
+            run_bodies = bodies[:-1] if name == "refresh" else bodies
+            results[("oidc-provider", name)] = generator(base, path, run_bodies, duration=args.duration,
+                                                         connections=args.connections, workdir=workdir)
+            report("oidc-provider", name, results[("oidc-provider", name)], peak_rss_mib(pid))
+
+
+def _label(store: str) -> str:
+    return "idbroker" if store == "sqlite" else f"idbroker/{store}"
+
+
+def run_idbroker(workdir: Path, store: str, refresh_count: int, generator: Any, args: argparse.Namespace,
                  results: dict[tuple[str, str], Result]) -> None:
-    broker_dir = workdir / "idbroker"
+    server = _label(store)
+    broker_dir = workdir / f"idbroker-{store}"
     broker_dir.mkdir()
-    with idbroker(broker_dir) as (pid, issuer, _):
-        minted = idbroker_bodies(issuer, broker_dir, refresh_count)
+    with ExitStack() as stack:
+        if store == "redis":
+            redis_pid, store_url = stack.enter_context(redis_server(broker_dir))
+        else:
+            redis_pid, store_url = None, f"sqlite:///{broker_dir / 'store.sqlite3'}"
+        pid, issuer, _ = stack.enter_context(idbroker(broker_dir, store_url, args.threads,
+                                                      access_log=args.access_log))
+        minted = idbroker_bodies(issuer, broker_dir, refresh_count, store_url=store_url)
         ours = scenarios(minted, other_resource="https://other-api.bench.example")
         _, discovery = get_json(issuer, "/.well-known/openid-configuration")
         introspection = discovery.get("introspection_endpoint")
@@ -410,18 +475,19 @@ def run_idbroker(workdir: Path, refresh_count: int, generator: Any, args: argpar
             ours["introspection"] = (path, [urllib.parse.urlencode({"token": minted["subject"]})])  # type: ignore[dict-item]
         for name in ("refresh", "exchange", "introspection"):
             if name not in ours:
-                report("idbroker", name, "idbroker grant not available yet (no introspection_endpoint)")
+                report(server, name, "idbroker grant not available yet (no introspection_endpoint)")
                 continue
             path, bodies = ours[name]
             status, answer = post(issuer, path, dict(urllib.parse.parse_qsl(bodies[-1])))
             if status != 200 or (name == "introspection" and not answer.get("active")):
-                report("idbroker", name, f"idbroker grant not available yet (answered {status} "
-                                         f"{answer.get('error', answer.get('active'))})")
+                report(server, name, f"idbroker grant not available yet (answered {status} "
+                                     f"{answer.get('error', answer.get('active'))})")
                 continue
             run_bodies = bodies[:-1] if name == "refresh" else bodies
-            results[("idbroker", name)] = generator(issuer, path, run_bodies, duration=args.duration,
-                                                    connections=args.connections, workdir=workdir)
-            report("idbroker", name, results[("idbroker", name)], peak_rss_mib(pid))
+            results[(server, name)] = generator(issuer, path, run_bodies, duration=args.duration,
+                                                connections=args.connections, workdir=workdir)
+            rss = peak_rss_mib(pid) + (peak_rss_mib(redis_pid) if redis_pid else 0)
+            report(server, name, results[(server, name)], rss)
 
 
 def get_json(base: str, path: str) -> tuple[int, dict[str, Any]]:

@@ -114,7 +114,7 @@ def serve_forever(settings: Settings, *, bind: str | None = None, workers: int |
         "threads": settings.server.threads,
         "worker_class": "gthread",
         "control_socket_disable": True,
-        "accesslog": "-",
+        "accesslog": "-" if settings.server.access_log else None,
         # Query strings carry codes: the access log shows the path only.
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
         # gunicorn must not read X-Forwarded-* on its own: idbroker.app.TrustedProxies decides.

@@ -23,6 +23,7 @@ from typing import Any
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, RSAKey
+from joserfc.jws import JWSRegistry
 
 SIGNING_ALGORITHMS = ("ES256", "RS256", "PS256")
 DEFAULT_ALGORITHM = "ES256"
@@ -31,6 +32,10 @@ _SECRETS_FILE = "secrets.json"
 #: subject_salt: person identifiers; csrf_key: form tokens; factor_key: encrypts TOTP secrets
 #: at rest (idbroker.assurance.totp). Shared by all instances.
 _SECRET_NAMES = ("subject_salt", "csrf_key", "factor_key")
+#: Seconds between looks at the key file on the verifying path.
+_RELOAD_CHECK_INTERVAL = 1.0
+#: One JWS registry per algorithm, built once: each allows that algorithm only.
+_REGISTRIES = {alg: JWSRegistry(algorithms=[alg]) for alg in SIGNING_ALGORITHMS}
 
 
 class TokenInvalid(ValueError):
@@ -83,6 +88,8 @@ class KeyRing:
         self.retire_grace = retire_grace
         self._lock = threading.Lock()
         self._mtime = 0.0
+        self._next_check = 0.0
+        self._signing_path = str(self.directory / _SIGNING_FILE)
         self._keys: list[SigningKey] = []
         self._by_kid: dict[str, SigningKey] = {}
         self._public_jwks: dict[str, Any] = {"keys": []}
@@ -95,10 +102,10 @@ class KeyRing:
     def sign(self, claims: dict[str, Any], *, alg: str = DEFAULT_ALGORITHM, typ: str = "JWT") -> str:
         key = self.active_key(alg)
         header = {"alg": alg, "kid": key.kid, "typ": typ}
-        return jwt.encode(header, claims, key.key, algorithms=[alg])
+        return jwt.encode(header, claims, key.key, registry=_REGISTRIES[alg])
 
     def active_key(self, alg: str) -> SigningKey:
-        self._maybe_reload()
+        self._maybe_reload()  # always: never sign with a key another process has retired
         for key in reversed(self._keys):
             if key.alg == alg and key.active:
                 return key
@@ -108,11 +115,16 @@ class KeyRing:
         """Claims of a JWT this broker signed, checked against the key named by ``kid``
         under that key's one algorithm. Time claims are the caller's to check."""
         try:
-            header = jws.extract_compact(token.encode("ascii")).headers()
+            # Parsed once; the signature is checked on this same parse below.
+            signed = jws.extract_compact(token.encode("ascii"))
+            header = signed.headers()
         except (JoseError, UnicodeEncodeError, ValueError) as exc:
             raise TokenInvalid("not a JWS compact token") from exc
-        self._maybe_reload()
+        self._maybe_reload(throttled=True)
         key = self._by_kid.get(str(header.get("kid")))
+        if key is None:
+            self._maybe_reload()  # a key another instance has just added
+            key = self._by_kid.get(str(header.get("kid")))
         if key is None:
             raise TokenInvalid("unknown key id")
         if header.get("alg") != key.alg:
@@ -120,9 +132,15 @@ class KeyRing:
         if typ is not None and str(header.get("typ", "")).lower() != typ.lower():
             raise TokenInvalid("unexpected token type")
         try:
-            return dict(jwt.decode(token, key.key, algorithms=[key.alg]).claims)
-        except JoseError as exc:
+            # The registry allows the key's own algorithm only (as ``algorithms=[key.alg]``).
+            if not jws.validate_compact(signed, key.key, registry=_REGISTRIES[key.alg]):
+                raise TokenInvalid("signature does not verify")
+            claims = json.loads(signed.payload or b"")
+        except (JoseError, ValueError) as exc:
             raise TokenInvalid("signature does not verify") from exc
+        if not isinstance(claims, dict):
+            raise TokenInvalid("the payload is not a JSON object")
+        return claims
 
     def public_jwks(self) -> dict[str, Any]:
         self._maybe_reload()
@@ -191,9 +209,16 @@ class KeyRing:
         data = json.loads((self.directory / _SIGNING_FILE).read_text(encoding="utf-8"))
         return list(data["keys"])
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, *, throttled: bool = False) -> None:
+        """Follow a rotation by another process. ``throttled`` (verifying): look at the file
+        once a second at most; an unknown ``kid`` makes the caller look again at once, and a
+        key pruned meanwhile only ever signed tokens that have long expired."""
+        checked = time.monotonic()
+        if throttled and checked < self._next_check:
+            return
+        self._next_check = checked + _RELOAD_CHECK_INTERVAL
         try:
-            mtime = (self.directory / _SIGNING_FILE).stat().st_mtime
+            mtime = os.stat(self._signing_path).st_mtime
         except FileNotFoundError:
             return
         if mtime != self._mtime:

@@ -10,6 +10,7 @@ error names the field and the rule, never the value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -148,6 +149,7 @@ def redact(value: str) -> str:
     return _OPAQUE_RUN.sub(lambda m: "[redacted]" if _opaque(m.group()) else m.group(), value)
 
 
+@functools.lru_cache(maxsize=512)
 def _secret_key_name(key: str) -> bool:
     words = [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
     if not words or words[-1] in _SAFE_SUFFIXES:
@@ -160,9 +162,18 @@ def _identifier_key(key: str) -> bool:
     return key in _IDENTIFIER_KEYS or key.endswith(_IDENTIFIER_SUFFIXES)
 
 
+#: Values that passed :func:`_check_text` (client ids, teams, scopes, acr values recur in
+#: every event): checked once, not at every token. Only clean values are ever kept, so the
+#: cache holds nothing a refused event carried; it is emptied when full.
+_CLEAN: dict[tuple[str, bool], bool] = {}
+_CLEAN_MAX = 4096
+
+
 def _check_text(where: str, value: Any, *, free_text: bool) -> str:
     if not isinstance(value, str):
         raise UnsafeAuditValue(f"{where}: must be a string, not {type(value).__name__}")
+    if (value, free_text) in _CLEAN:
+        return value
     if len(value) > MAX_TEXT:
         raise UnsafeAuditValue(f"{where}: longer than {MAX_TEXT} characters")
     if _CONTROL.search(value):
@@ -170,6 +181,9 @@ def _check_text(where: str, value: Any, *, free_text: bool) -> str:
     found = find_secret(value, free_text=free_text)
     if found:
         raise UnsafeAuditValue(f"{where}: looks like {found}; record its SHA-256 or an id instead")
+    if len(_CLEAN) >= _CLEAN_MAX:
+        _CLEAN.clear()
+    _CLEAN[(value, free_text)] = True
     return value
 
 
@@ -279,14 +293,9 @@ class AuditEvent:
         for name in _LIST_FIELDS:
             set_(self, name, _as_tuple(name, getattr(self, name)))
         if self.source_ip is not None:
-            try:
-                set_(self, "source_ip", str(ipaddress.ip_address(self.source_ip)))
-            except ValueError:
-                raise UnsafeAuditValue("source_ip: not an IP address") from None
+            set_(self, "source_ip", _ip_text(self.source_ip))
         if self.user_agent is not None:
-            # Sent by the browser: cleaned, not refused, so nobody can make a login unrecordable.
-            cleaned = redact(_CONTROL.sub("", str(self.user_agent)[:4 * MAX_TEXT]))[:MAX_TEXT]
-            set_(self, "user_agent", cleaned)
+            set_(self, "user_agent", _clean_user_agent(str(self.user_agent)))
         detail = _check_detail("detail", dict(self.detail), 1, identifier=False)
         if len(json.dumps(detail, ensure_ascii=False).encode("utf-8")) > MAX_DETAIL_BYTES:
             raise UnsafeAuditValue(f"detail: larger than {MAX_DETAIL_BYTES} bytes")
@@ -307,6 +316,40 @@ class AuditEvent:
         """The event :meth:`to_dict` gave (as read back from the log)."""
         kwargs = {name: data[name] for name in FIELDS if name in data}
         return cls(**kwargs)
+
+
+def _ip_text(value: Any) -> str:
+    """The address in its canonical text form; the few addresses seen are parsed once."""
+    known = _ADDRESSES.get(value) if isinstance(value, str) else None
+    if known is not None:
+        return known
+    try:
+        text = str(ipaddress.ip_address(value))
+    except ValueError:
+        raise UnsafeAuditValue("source_ip: not an IP address") from None
+    if isinstance(value, str):
+        if len(_ADDRESSES) >= _CLEAN_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[value] = text
+    return text
+
+
+def _clean_user_agent(value: str) -> str:
+    """Sent by the browser: cleaned, not refused, so nobody can make a login unrecordable.
+    A User-Agent that needed no cleaning is remembered (only such ones: a redacted part
+    is never kept); most requests send one of a few."""
+    if value in _AGENTS:
+        return value
+    cleaned = redact(_CONTROL.sub("", value[:4 * MAX_TEXT]))[:MAX_TEXT]
+    if cleaned == value:
+        if len(_AGENTS) >= _CLEAN_MAX:
+            _AGENTS.clear()
+        _AGENTS[value] = True
+    return cleaned
+
+
+_ADDRESSES: dict[str, str] = {}
+_AGENTS: dict[str, bool] = {}
 
 
 def as_row(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 * An append is ``BEGIN IMMEDIATE`` (take the write lock) → read the head → insert the
   record → move the head → ``COMMIT``: writers in any thread or process form one chain.
+  Records from threads that queue up while a commit runs are appended by one such
+  transaction, each built on the one before (group commit: one fsync for all of them,
+  each ``record()`` returning only once its own record is committed).
 * ``synchronous=FULL`` in WAL mode: every commit fsyncs the WAL, so a record survives a
   power cut or kernel crash, not only a crash of the broker (``NORMAL`` would only promise
   the latter). The audit trail must never lose an event whose token was handed out. The
@@ -20,12 +23,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from idbroker.audit.chain import GENESIS, INDEXED, AuditRecord, ChainHead
 from idbroker.audit.log import AuditUnavailable, ChainedLog, CutRefused, RawEntry
+from idbroker.store.group_commit import GroupCommit, Ticket
 from idbroker.store.sqlite import MEMORY, create_private_file
 
 PAGE = 1000
@@ -74,6 +78,7 @@ class SqliteAuditLog(ChainedLog):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
+        self._group = GroupCommit(self._lock, AuditUnavailable)
 
     @property
     def path(self) -> str:
@@ -82,20 +87,53 @@ class SqliteAuditLog(ChainedLog):
     # -- writing ---------------------------------------------------------------------------
 
     def _append(self, build: Callable[[ChainHead], AuditRecord], *, durable: bool) -> AuditRecord:
-        with self._transaction(sync="FULL" if durable else "NORMAL") as db:
-            row = db.execute("SELECT seq, hash, time_ms FROM audit_head").fetchone()
-            if row is None and db.execute("SELECT EXISTS (SELECT 1 FROM audit_events) OR EXISTS"
-                                          " (SELECT 1 FROM audit_checkpoints)").fetchone()[0]:
-                # Lost state, not a new chain: never start a second chain beside the first.
-                raise AuditUnavailable(f"SQLite audit log {self._path}: the chain head is missing "
-                                       "but records exist")
-            record = build(ChainHead(*row) if row else GENESIS)
-            index = record.index()
-            db.execute(_INSERT, (record.seq, record.hash, record.body, *(index[name] for name in INDEXED)))
-            db.execute("INSERT INTO audit_head VALUES (1, ?, ?, ?) ON CONFLICT (one) DO UPDATE"
-                       " SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
-                       (record.seq, record.hash, record.time_ms))
+        """Append through the group commit: records from threads that queue up while a commit
+        is in progress are chained and committed together, one fsync for all of them; each
+        ``record()`` still returns only once its own record is committed (and fsynced)."""
+        record: AuditRecord = self._group.submit(build, self._append_batch, durable=durable)
         return record
+
+    def _append_batch(self, batch: list[Ticket[Any]]) -> None:
+        """BEGIN IMMEDIATE → read the head → insert each record built on the one before →
+        move the head → COMMIT (``FULL`` if any record must be durable)."""
+        built: list[tuple[Ticket[Any], AuditRecord | BaseException]] = []
+        try:
+            with self._transaction(sync="FULL" if any(t.durable for t in batch) else "NORMAL",
+                                   locked=True) as db:
+                row = db.execute("SELECT seq, hash, time_ms FROM audit_head").fetchone()
+                if row is None and db.execute("SELECT EXISTS (SELECT 1 FROM audit_events) OR EXISTS"
+                                              " (SELECT 1 FROM audit_checkpoints)").fetchone()[0]:
+                    # Lost state, not a new chain: never start a second chain beside the first.
+                    raise AuditUnavailable(f"SQLite audit log {self._path}: the chain head is missing "
+                                           "but records exist")
+                head = ChainHead(*row) if row else GENESIS
+                rows = []
+                for ticket in batch:
+                    try:
+                        record = ticket.work(head)
+                    except Exception as exc:  # this event alone cannot be recorded
+                        built.append((ticket, exc))
+                        continue
+                    index = record.index()
+                    rows.append((record.seq, record.hash, record.body, *(index[name] for name in INDEXED)))
+                    built.append((ticket, record))
+                    head = record.head
+                if rows:
+                    db.executemany(_INSERT, rows)
+                    db.execute("INSERT INTO audit_head VALUES (1, ?, ?, ?) ON CONFLICT (one) DO UPDATE"
+                               " SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
+                               (head.seq, head.hash, head.time_ms))
+        except AuditUnavailable as exc:
+            for ticket in batch:  # nothing of the batch was stored
+                error = AuditUnavailable(str(exc))
+                error.__cause__ = exc
+                ticket.fail(error)
+            return
+        for ticket, outcome in built:
+            if isinstance(outcome, BaseException):
+                ticket.fail(outcome)
+            else:
+                ticket.succeed(outcome)
 
     def put_checkpoint(self, seq: int, token: str) -> None:
         with self._db() as db:
@@ -181,11 +219,11 @@ class SqliteAuditLog(ChainedLog):
     # -- connection ------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self, *, sync: str = "FULL") -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, sync: str = "FULL", locked: bool = False) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT: the write lock first, so the head read is the head.
         ``sync="NORMAL"`` skips this commit's fsync; the next FULL commit syncs the WAL up to
-        and including it (the WAL is written in order)."""
-        with self._db() as db:
+        and including it (the WAL is written in order). ``locked``: the caller holds the lock."""
+        with self._db(locked=locked) as db:
             if sync != "FULL":
                 db.execute("PRAGMA synchronous = NORMAL")
             try:
@@ -208,9 +246,10 @@ class SqliteAuditLog(ChainedLog):
                         self._drop_connection()  # never left behind in NORMAL
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock; database and file errors become AuditUnavailable."""
-        with self._lock:
+    def _db(self, *, locked: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock (``locked``: the caller holds it already); database
+        and file errors become AuditUnavailable."""
+        with nullcontext() if locked else self._lock:
             try:
                 yield self._connection()
             except (sqlite3.DatabaseError, OSError) as exc:

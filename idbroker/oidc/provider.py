@@ -498,6 +498,21 @@ class _NothingRevoked:
 _NOTHING_REVOKED = _NothingRevoked()
 
 
+class _RevokedAndSession:
+    """The revocation check of a subject token that also brings back its SSO session's
+    record (``session-person``) in the same store round trip; no sid, no session."""
+
+    def __init__(self, revocations: Revocations) -> None:
+        self.revocations = revocations
+        self.session: dict[str, Any] | None = None
+
+    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
+        also = [("session-person", sid)] if sid is not None else []
+        revoked, found = self.revocations.revoked_and_fetch(jti, sid, also)
+        self.session = found[0] if found else None
+        return revoked
+
+
 class _RotatedRefreshToken:
     """A refresh token that :class:`RefreshTokens` has just rotated, as authlib's grant
     wants it: the scope is what the policy grants now, not what it granted at login."""
@@ -790,14 +805,15 @@ class Provider:
     def exchange(self, client: Client, form: dict[str, Any]) -> dict[str, Any]:
         """RFC 8693: the new access token, or :class:`TokenError` with the RFC's code."""
         skew = self.settings.tokens.clock_skew
+        revoked = _RevokedAndSession(self.revocations)
         claims = check_subject_token(str(form.get("subject_token") or ""),
                                      str(form.get("subject_token_type")), self.keys, self.issuer,
-                                     self.revocations, leeway=skew)
+                                     revoked, leeway=skew)
         resource, audience = form.get("resource"), form.get("audience")
         aud = None
         if resource:
             audience, aud = resolve_resource(self.policy, client.policy, resource, exchange=True)
-        session = self.store.get("session-person", str(claims.get("sid")))
+        session = revoked.session
         target = self.policy.clients.get(str(audience)) if audience else None
         if session is None:
             raise TokenError("invalid_grant", "the subject token's session has ended")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -35,19 +35,36 @@ class StoreUnavailable(RuntimeError):
 class Store(Protocol):
     """Namespaced JSON key/value store whose entries expire by themselves."""
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
-        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> None:
+        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never).
 
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
+        ``durable=False`` (also on ``add`` and ``delete``): the caller makes a durable
+        write to this store before anything leaves, and that one may carry this write's
+        sync too (SQLite: one WAL fsync instead of several). The write is made and
+        visible at once either way; only a power cut before that later write may lose it."""
+
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> bool:
         """Create only if absent, atomically. True if this call created it."""
 
     def get(self, namespace: str, key: str) -> dict[str, Any] | None:
         """The live value, or None when absent or expired."""
 
+    def get_many(self, items: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """``[get(namespace, key) for namespace, key in items]`` in one round trip (Redis:
+        ``MGET``; SQLite: one query): for checks that need several entries at once."""
+
+    def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
+             ttl: float | None) -> None:
+        """Atomically ``put(namespace, new_key, value, ttl)`` and ``delete(namespace,
+        old_key)``: a successor replaces its predecessor (a rotated refresh token), in one
+        round trip and, on SQLite, one durable commit."""
+
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""
 
-    def delete(self, namespace: str, key: str) -> None:
+    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
         """Remove if present; absent is not an error."""
 
     def touch(self, namespace: str, key: str, ttl: float) -> bool:

@@ -22,7 +22,7 @@ time out after 2 s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -148,13 +148,16 @@ class RedisStore:
             self._client = Redis.from_url(url, **_connection_options())
         self._incr = self._client.register_script(_INCR_SCRIPT)
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
-        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> None:
+        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never).
+        ``durable`` changes nothing here: Redis persists by its own configuration."""
         name, data = self._name(namespace, key), encode_value(value)
         with _available():
             self._client.set(name, data, px=None if ttl is None else _milliseconds(ttl))
 
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> bool:
         """``SET NX``: create only if absent, atomically. True if this call created it."""
         name, data = self._name(namespace, key), encode_value(value)
         with _available():
@@ -168,6 +171,26 @@ class RedisStore:
             data = self._client.get(name)
         return None if data is None else decode_value(data)
 
+    def get_many(self, items: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """``MGET``: the live values of several entries in one round trip."""
+        if not items:
+            return []
+        names = [self._name(namespace, key) for namespace, key in items]
+        with _available():
+            values = self._client.mget(names)
+        return [None if data is None else decode_value(data) for data in values]
+
+    def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
+             ttl: float | None) -> None:
+        """``MULTI SET DEL EXEC``: the successor in and the predecessor out, atomically."""
+        new, old, data = self._name(namespace, new_key), self._name(namespace, old_key), encode_value(value)
+        with _available():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(new, data, px=None if ttl is None else _milliseconds(ttl))
+            if old != new:
+                pipe.delete(old)
+            pipe.execute()
+
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """``GETDEL``: of concurrent callers at most one gets the value."""
         name = self._name(namespace, key)
@@ -175,7 +198,7 @@ class RedisStore:
             data = self._client.getdel(name)
         return None if data is None else decode_value(data)
 
-    def delete(self, namespace: str, key: str) -> None:
+    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
         """Remove if present; absent is not an error."""
         name = self._name(namespace, key)
         with _available():

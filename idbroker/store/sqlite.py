@@ -4,11 +4,22 @@ Several threads and several processes (gunicorn workers) share the file safely:
 
 * WAL mode lets readers run beside the one writer, and ``busy_timeout`` makes a
   writer wait for the lock instead of failing at once.
-* Every operation is ONE SQL statement in autocommit mode. SQLite holds the
-  database write lock for a whole write statement, so ``take`` (``DELETE ...
-  RETURNING``), ``add`` and ``incr`` (``INSERT ... ON CONFLICT``) are atomic
-  across processes without explicit transactions.
-* Each store object has one connection per process, used under a lock; a
+* Every operation is ONE SQL statement, so ``take`` (``DELETE ... RETURNING``),
+  ``add`` and ``incr`` (``INSERT ... ON CONFLICT``) are atomic across processes.
+  Writes run inside ``BEGIN IMMEDIATE`` (the database write lock); writes from
+  several threads that queue up meanwhile share one transaction and one commit
+  (group commit, :mod:`idbroker.store.group_commit`), each call returning only
+  once its own statement is committed.
+* Durability: ``synchronous=FULL`` in WAL mode, so a write has been fsynced when
+  the call returns, and survives a power cut, not only a crash of the broker.
+  ``durable=False`` (``put``/``add``/``delete``) is for a write that the same
+  caller follows with a durable one before anything leaves (refresh rotation:
+  marker, next token, then the old token's removal): it commits with ``NORMAL``,
+  and the next durable commit's fsync of the WAL covers it, as the WAL is written
+  in order. Such a write is visible at once but, like every write, nothing is
+  handed out on it before that fsync.
+* Each store object has one writing and one reading connection per process
+  (WAL: readers never wait for the writer), each used under its lock; a
   connection is never carried across ``fork()`` (SQLite forbids it): a child
   opens its own.
 
@@ -20,16 +31,20 @@ the next call opens the database again, so the store recovers by itself.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from idbroker.store.base import StoreUnavailable, check_namespace, decode_value, encode_value
+from idbroker.store.group_commit import GroupCommit, Ticket
+
+T = TypeVar("T")
 
 MEMORY = ":memory:"
 
@@ -56,103 +71,136 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
+        # Reads use a connection of their own (WAL: readers never wait for the writer), so a
+        # lookup does not queue behind another thread's commit and its fsync. ``:memory:``
+        # is one database per connection: there, reads share the writer's connection.
+        self._separate_reader = self._path != MEMORY
+        self._read_lock = threading.Lock() if self._separate_reader else self._lock
+        self._reader: sqlite3.Connection | None = None
+        self._reader_pid = 0
         self._next_purge = 0.0
+        self._group = GroupCommit(self._lock, StoreUnavailable)
 
     @property
     def path(self) -> str:
         """The database file (or ``":memory:"``)."""
         return self._path
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> None:
         """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
         params = self._row(namespace, key, value, ttl)
-        with self._db(write=True) as db:
-            db.execute("INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params)
+        self._write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params) and None, durable)
 
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
+            durable: bool = True) -> bool:
         """Create only if absent or expired, atomically. True if this call created it."""
         params = self._row(namespace, key, value, ttl)
-        with self._db(write=True) as db:
-            cursor = db.execute(
-                "INSERT INTO entries VALUES (:ns, :key, :value, :exp)"
-                " ON CONFLICT (namespace, key) DO UPDATE"
-                " SET value = excluded.value, expires_at = excluded.expires_at"
-                " WHERE entries.expires_at <= :now",
-                params,
-            )
-            return cursor.rowcount == 1
+        return self._write(lambda db: db.execute(
+            "INSERT INTO entries VALUES (:ns, :key, :value, :exp)"
+            " ON CONFLICT (namespace, key) DO UPDATE"
+            " SET value = excluded.value, expires_at = excluded.expires_at"
+            " WHERE entries.expires_at <= :now",
+            params,
+        ).rowcount == 1, durable)
 
     def get(self, namespace: str, key: str) -> dict[str, Any] | None:
         """The live value, or None when absent or expired."""
         params = self._where(namespace, key)
-        with self._db() as db:
-            row = db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT value FROM entries WHERE namespace = :ns AND key = :key"
                 " AND (expires_at IS NULL OR expires_at > :now)",
                 params,
-            ).fetchone()
-        return None if row is None else decode_value(row[0])
+            ).fetchall()
+        return decode_value(rows[0][0]) if rows else None
+
+    def get_many(self, items: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """The live values of several entries, in the order asked, from one query."""
+        if not items:
+            return []
+        now = time.time()
+        for namespace, _ in items:
+            check_namespace(namespace)
+        with self._read() as db:
+            rows = db.execute(_get_many_sql(len(items)), [*(part for item in items for part in item), now]
+                              ).fetchall()
+        found = {(namespace, key): value for namespace, key, value in rows}
+        return [decode_value(found[(namespace, key)]) if (namespace, key) in found else None
+                for namespace, key in items]
+
+    def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
+             ttl: float | None) -> None:
+        """Put ``new_key`` and delete ``old_key`` in one transaction (one commit)."""
+        params = self._row(namespace, new_key, value, ttl)
+        params["old"] = old_key
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params)
+            if old_key != new_key:
+                db.execute("DELETE FROM entries WHERE namespace = :ns AND key = :old", params)
+
+        self._write(work, True)
 
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""
         params = self._where(namespace, key)
-        with self._db(write=True) as db:
-            # fetchall() runs the statement to its end, which commits the delete.
-            rows = db.execute(
-                "DELETE FROM entries WHERE namespace = :ns AND key = :key RETURNING value, expires_at",
-                params,
-            ).fetchall()
+        rows = self._write(lambda db: db.execute(
+            "DELETE FROM entries WHERE namespace = :ns AND key = :key RETURNING value, expires_at",
+            params,
+        ).fetchall(), True)
         if not rows:
             return None
         value, expires_at = rows[0]
         return decode_value(value) if expires_at is None or expires_at > params["now"] else None
 
-    def delete(self, namespace: str, key: str) -> None:
+    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
         """Remove if present; absent is not an error."""
         params = self._where(namespace, key)
-        with self._db(write=True) as db:
-            db.execute("DELETE FROM entries WHERE namespace = :ns AND key = :key", params)
+        self._write(lambda db: db.execute(
+            "DELETE FROM entries WHERE namespace = :ns AND key = :key", params) and None, durable)
 
     def touch(self, namespace: str, key: str, ttl: float) -> bool:
         """Give a live entry a new expiry ``ttl`` seconds from now. False if absent."""
         params = self._where(namespace, key)
         params["exp"] = params["now"] + ttl
-        with self._db(write=True) as db:
-            cursor = db.execute(
-                "UPDATE entries SET expires_at = :exp"
-                " WHERE namespace = :ns AND key = :key"
-                " AND (expires_at IS NULL OR expires_at > :now)",
-                params,
-            )
-            return cursor.rowcount == 1
+        return self._write(lambda db: db.execute(
+            "UPDATE entries SET expires_at = :exp"
+            " WHERE namespace = :ns AND key = :key"
+            " AND (expires_at IS NULL OR expires_at > :now)",
+            params,
+        ).rowcount == 1, True)
 
     def incr(self, namespace: str, key: str, ttl: float) -> int:
         """Atomically add one; a new (or expired) counter starts at 1 and expires after ``ttl``."""
         params = self._where(namespace, key)
         params["exp"] = params["now"] + ttl
         # SET expressions see the row as it was, so both CASEs test the old expiry.
-        with self._db(write=True) as db:
-            rows = db.execute(
-                "INSERT INTO entries VALUES (:ns, :key, '1', :exp)"
-                " ON CONFLICT (namespace, key) DO UPDATE SET"
-                " value = CASE WHEN expires_at IS NULL OR expires_at > :now"
-                "   THEN CAST(value AS INTEGER) + 1 ELSE 1 END,"
-                " expires_at = CASE WHEN expires_at IS NULL OR expires_at > :now"
-                "   THEN expires_at ELSE excluded.expires_at END"
-                " RETURNING value",
-                params,
-            ).fetchall()
+        rows = self._write(lambda db: db.execute(
+            "INSERT INTO entries VALUES (:ns, :key, '1', :exp)"
+            " ON CONFLICT (namespace, key) DO UPDATE SET"
+            " value = CASE WHEN expires_at IS NULL OR expires_at > :now"
+            "   THEN CAST(value AS INTEGER) + 1 ELSE 1 END,"
+            " expires_at = CASE WHEN expires_at IS NULL OR expires_at > :now"
+            "   THEN expires_at ELSE excluded.expires_at END"
+            " RETURNING value",
+            params,
+        ).fetchall(), True)
         return int(rows[0][0])
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the database can be opened and read."""
-        with self._db() as db:
+        with self._read() as db:
             db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
 
     def close(self) -> None:
-        """Close this process's connection; a later call opens a new one."""
+        """Close this process's connections; a later call opens new ones."""
         with self._lock:
             self._drop_connection()
+        if self._separate_reader:
+            with self._read_lock:
+                self._drop_reader()
 
     @staticmethod
     def _where(namespace: str, key: str) -> dict[str, Any]:
@@ -166,20 +214,87 @@ class SqliteStore:
         params["exp"] = None if ttl is None else params["now"] + ttl
         return params
 
-    @contextmanager
-    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock; database and file errors become StoreUnavailable."""
-        with self._lock:
+    # -- writing: group commit -------------------------------------------------------------
+
+    def _write(self, work: Callable[[sqlite3.Connection], T], durable: bool) -> T:
+        """Run one write statement; return once it is committed (``durable``: fsynced).
+
+        Writers from several threads that arrive while a commit is in progress are committed
+        together by one transaction (:mod:`idbroker.store.group_commit`): one fsync for all
+        of them instead of one each, and every caller still returns only after its own
+        statement is durable."""
+        return self._group.submit(work, self._run_batch, durable=durable)
+
+    def _run_batch(self, batch: list[Ticket[Any]]) -> None:
+        """One transaction for the batch: ``synchronous=FULL`` when any of its writes must
+        be durable (the WAL fsync covers every write before it too), else ``NORMAL``."""
+        full = any(ticket.durable for ticket in batch)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db = self._connection()
+            if not full:
+                db.execute("PRAGMA synchronous = NORMAL")
             try:
-                db = self._connection()
-                yield db
-                if write:
-                    self._maybe_purge(db)
+                db.execute("BEGIN IMMEDIATE")
+                for ticket in batch:
+                    try:
+                        outcomes.append((True, ticket.work(db)))
+                    except sqlite3.ProgrammingError as exc:
+                        # Misuse of the API (e.g. a key that is not a str): a bug in that
+                        # caller, refused before SQLite ran anything, not an outage.
+                        outcomes.append((False, exc))
+                self._maybe_purge(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        self._drop_connection()
+                raise
+            finally:
+                if not full and self._conn is db:
+                    try:
+                        db.execute("PRAGMA synchronous = FULL")
+                    except sqlite3.Error:
+                        self._drop_connection()  # never left behind in NORMAL
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._drop_connection()
+            for ticket in batch:
+                error = StoreUnavailable(f"SQLite store {self._path} is unavailable: {exc}")
+                error.__cause__ = exc
+                ticket.fail(error)
+            return
+        for ticket, (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                ticket.succeed(value)
+            else:
+                ticket.fail(value)
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection, under its lock; errors become StoreUnavailable."""
+        with self._read_lock:
+            try:
+                yield self._reading_connection()
             except sqlite3.ProgrammingError:
                 raise  # misuse of the API (e.g. a key that is not a str): a bug, not an outage
             except (sqlite3.DatabaseError, OSError) as exc:
-                self._drop_connection()
+                if self._separate_reader:
+                    self._drop_reader()
+                else:
+                    self._drop_connection()
                 raise StoreUnavailable(f"SQLite store {self._path} is unavailable: {exc}") from exc
+
+    def _reading_connection(self) -> sqlite3.Connection:
+        if not self._separate_reader:
+            return self._connection()
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader = self._open()
+            self._reader_pid = os.getpid()
+        return self._reader
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._conn_pid != os.getpid():
@@ -195,11 +310,13 @@ class SqliteStore:
         db = sqlite3.connect(
             self._path,
             timeout=self._busy_timeout,
-            isolation_level=None,  # autocommit: each statement is its own transaction
-            check_same_thread=False,  # shared by threads, one at a time under self._lock
+            isolation_level=None,  # autocommit: transactions only where this class opens them
+            check_same_thread=False,  # shared by threads, one at a time under its lock
         )
         try:
             self._enable_wal(db)
+            # Explicit, not the compile-time default: a durable write returns after its fsync.
+            db.execute("PRAGMA synchronous = FULL")
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
@@ -228,11 +345,26 @@ class SqliteStore:
             self._conn.close()
         self._conn = None
 
+    def _drop_reader(self) -> None:
+        if self._reader is not None and self._reader_pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
     def _maybe_purge(self, db: sqlite3.Connection) -> None:
         now = time.monotonic()
         if now >= self._next_purge:
             self._next_purge = now + self._purge_every
             db.execute("DELETE FROM entries WHERE expires_at <= ?", (time.time(),))
+
+
+@functools.lru_cache(maxsize=8)
+def _get_many_sql(count: int) -> str:
+    """``(namespace = ? AND key = ?) OR ...``: each term a primary-key lookup (SQLite plans
+    ``(namespace, key) IN (VALUES ...)`` as a scan of the whole table). Only placeholders
+    are joined in; every value is a bound parameter."""
+    terms = " OR ".join(["(namespace = ? AND key = ?)"] * count)
+    return ("SELECT namespace, key, value FROM entries"  # noqa: S608
+            f" WHERE ({terms}) AND (expires_at IS NULL OR expires_at > ?)")
 
 
 def create_private_file(path: Path) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from idbroker.store import Store, secret_key
@@ -61,7 +61,9 @@ class RefreshGrant:
     generation: int = 0
 
     def to_record(self) -> dict[str, Any]:
-        record = asdict(self)
+        # A shallow copy (not ``asdict``, which deep-copies ``identity`` field by field):
+        # the record is serialised to JSON at once.
+        record = {name: getattr(self, name) for name in _FIELDS}
         record["amr"] = list(self.amr)
         record["identity"] = dict(self.identity)
         return record
@@ -71,6 +73,9 @@ class RefreshGrant:
         values = dict(record)
         values["amr"] = tuple(values.get("amr") or ())
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in fields(RefreshGrant))
 
 
 class RefreshTokens:
@@ -118,7 +123,7 @@ class RefreshTokens:
         grant = RefreshGrant.from_record(record)
         if grant.client_id != client_id:
             raise TokenError(INVALID_GRANT, "the refresh token was issued to another client")
-        if self.revocations.family_revoked(grant.family) or self.revocations.session_revoked(grant.sid):
+        if self.revocations.grant_revoked(grant.family, grant.sid):
             # Revoked by the loser of a race for this very token: that too is reuse.
             if self.store.get(_USED, key) is not None:
                 raise RefreshReuse(grant.family)
@@ -129,8 +134,11 @@ class RefreshTokens:
             raise TokenError(INVALID_GRANT, "the refresh token expired unused")
         # The race is decided here. A loser only revokes the family after this ``add`` of the
         # winner, so the winner's revocation check above cannot have seen that revocation.
+        # Durability: the marker is not synced on its own; the durable ``swap`` below syncs
+        # it too (one fsync per rotation on SQLite), before the new token leaves.
         marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
-        if not self.store.add(_USED, key, marker, self._ttl(grant, now) + self.revocations.leeway):
+        if not self.store.add(_USED, key, marker, self._ttl(grant, now) + self.revocations.leeway,
+                              durable=False):
             raise self._reuse(grant.family, grant.absolute_expires_at, now)
         if check is not None:
             try:
@@ -141,8 +149,9 @@ class RefreshTokens:
                 self.store.delete(_TOKENS, key)
                 raise
         successor = replace(grant, issued_at=int(now), generation=grant.generation + 1)
-        new_token = self._store_next(successor, now)
-        self.store.delete(_TOKENS, key)
+        # The successor in and the presented token out, atomically and durably (on SQLite
+        # this commit's fsync also covers the marker above) before the new token leaves.
+        new_token = self._store_next(successor, now, replacing=key)
         return new_token, successor
 
     def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
@@ -173,10 +182,13 @@ class RefreshTokens:
     def _ttl(self, grant: RefreshGrant, now: float) -> float:
         return max(1.0, grant.absolute_expires_at - now)
 
-    def _store_next(self, grant: RefreshGrant, now: float) -> str:
+    def _store_next(self, grant: RefreshGrant, now: float, *, replacing: str | None = None) -> str:
         token = secrets.token_urlsafe(32)
         ttl = max(1.0, min(grant.issued_at + self.idle_timeout, grant.absolute_expires_at) - now)
-        self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
+        if replacing is None:
+            self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
+        else:
+            self.store.swap(_TOKENS, replacing, secret_key(token), grant.to_record(), ttl)
         return token
 
     def _reuse(self, family: str, until: float, now: float) -> RefreshReuse:

@@ -10,6 +10,7 @@ them is a bearer secret, so none is hashed.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from idbroker.store import Store
@@ -40,10 +41,18 @@ class Revocations:
             self.store.put(_JTI, jti, {"exp": int(exp)}, ttl)
 
     def is_revoked(self, jti: str, sid: str | None = None) -> bool:
-        """Whether an access token is revoked: by its own ``jti``, or its session (``sid``)."""
-        if self.store.get(_JTI, jti) is not None:
-            return True
-        return sid is not None and self.session_revoked(sid)
+        """Whether an access token is revoked: by its own ``jti``, or its session (``sid``)
+        (both looked up in one round trip)."""
+        return self.revoked_and_fetch(jti, sid)[0]
+
+    def revoked_and_fetch(self, jti: str, sid: str | None,
+                          also: Sequence[tuple[str, str]] = ()) -> tuple[bool, list[dict[str, Any] | None]]:
+        """:meth:`is_revoked`, and the store entries ``also`` names, in the same round trip
+        (token exchange needs the token's session record right after this check)."""
+        wanted = [(_JTI, jti), *([(_SESSION, sid)] if sid is not None else []), *also]
+        found = self.store.get_many(wanted)
+        checked = len(wanted) - len(also)
+        return any(entry is not None for entry in found[:checked]), found[checked:]
 
     # -- refresh token families ------------------------------------------------------------
 
@@ -56,6 +65,10 @@ class Revocations:
 
     def family_revoked(self, family: str) -> bool:
         return self.store.get(_FAMILY, family) is not None
+
+    def grant_revoked(self, family: str, sid: str) -> bool:
+        """Whether a refresh token's family or its session is revoked (one round trip)."""
+        return any(found is not None for found in self.store.get_many([(_FAMILY, family), (_SESSION, sid)]))
 
     def family_revocation(self, family: str) -> dict[str, Any] | None:
         """Why and until when ``family`` is revoked (``reason``, ``until``), if it is."""

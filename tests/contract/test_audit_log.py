@@ -822,3 +822,50 @@ def _all_stored_text(target: Target) -> str:
     client.close()
     return "".join(d.decode("latin-1") for d in dumped) + repr(text)
 
+
+
+def test_sqlite_records_queued_together_share_one_commit_and_one_chain(tmp_path: Path,
+                                                                        pristine_keys: Path) -> None:
+    """Group commit: records that queue up while a commit runs are chained and committed by
+    one transaction; each caller gets its own record, and the chain verifies."""
+    shutil.copytree(pristine_keys, tmp_path / "keys")
+    keys = KeyRing(tmp_path / "keys")
+    log = SqliteAuditLog(tmp_path / "audit.sqlite3")
+    log.checkpointer = Checkpointer(keys, issuer=ISSUER, every_events=1000, every_seconds=3600)
+    fill(log, 1, start=100)
+    batches: list[int] = []
+    append_batch = log._append_batch
+
+    def counting(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        append_batch(batch)
+
+    log._append_batch = counting  # type: ignore[method-assign]
+    returned: dict[int, Any] = {}
+
+    def record(n: int) -> None:
+        returned[n] = log.record(event(n), durable=n != 3)
+
+    with log._lock:  # a commit is in progress: the first writer waits, the others queue behind it
+        first = threading.Thread(target=record, args=(1,))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not log._group._leading:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        others = [threading.Thread(target=record, args=(n,)) for n in (2, 3, 4, 5)]
+        for thread in others:
+            thread.start()
+        while len(log._group._queue) < 4:  # white box: they wait in one queue
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    for thread in [first, *others]:
+        thread.join(timeout=10)
+    assert batches == [1, 4]
+    stored = {r.seq: r for r in records(log)}
+    assert sorted(stored) == [1, 2, 3, 4, 5, 6]
+    for n, mine in returned.items():
+        assert stored[mine.seq].hash == mine.hash and mine.event["detail"] == {"n": n}
+    assert log._connection().execute("PRAGMA synchronous").fetchone() == (2,)
+    assert verify(log, keys).ok
+    log.close()

@@ -260,6 +260,83 @@ def test_incr_window_is_fixed_not_sliding(store: Store) -> None:
     assert store.incr(NS, "hits", TTL) == 1, "the window slid: it restarted from the 2nd incr"
 
 
+# --- get_many, swap, durable=False: fewer round trips and fsyncs ------------------------------
+
+
+def test_get_many_answers_like_separate_gets_in_the_order_asked(store: Store) -> None:
+    store.put(NS, "a", {"v": "a"}, ttl=60)
+    store.put("other", "a", {"v": "other-a"}, ttl=60)
+    store.put(NS, "short", {"v": "short"}, ttl=TTL)
+    time.sleep(PAST_TTL)
+    asked = [("other", "a"), (NS, "missing"), (NS, "a"), (NS, "short"), (NS, "a")]
+    assert store.get_many(asked) == [{"v": "other-a"}, None, {"v": "a"}, None, {"v": "a"}]
+    assert store.get_many(asked) == [store.get(namespace, key) for namespace, key in asked]
+    assert store.get_many([]) == []
+    with pytest.raises(ValueError, match="namespace"):
+        store.get_many([(NS, "a"), ("bad:ns", "a")])
+
+
+def test_swap_puts_the_successor_and_removes_the_predecessor(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
+    store.put(NS, "old", {"generation": 0}, ttl=60)
+    store.swap(NS, "old", "new", {"generation": 1}, ttl=60)
+    store.swap(NS, "absent", "newer", {"generation": 2}, ttl=None)  # nothing to remove: fine
+    store.close()
+    fresh = store_factory()
+    try:
+        assert fresh.get_many([(NS, "old"), (NS, "new"), (NS, "newer")]) == [
+            None, {"generation": 1}, {"generation": 2}]
+        fresh.swap(NS, "new", "new", {"generation": 3}, ttl=60)  # onto itself: kept, replaced
+        assert fresh.get(NS, "new") == {"generation": 3}
+    finally:
+        fresh.close()
+
+
+def test_swap_expires_the_successor(store: Store) -> None:
+    store.swap(NS, "old", "new", {"v": 1}, ttl=TTL)
+    time.sleep(PAST_TTL)
+    assert store.get(NS, "new") is None
+
+
+def test_writes_that_are_not_durable_are_seen_at_once_and_kept(store_factory: Callable[[], Store]) -> None:
+    """``durable=False`` only defers the sync to the caller's next durable write: the write
+    itself is made, atomic and visible like any other."""
+    store = store_factory()
+    assert store.add(NS, "marker", {"v": 1}, ttl=60, durable=False) is True
+    assert store.add(NS, "marker", {"v": 2}, ttl=60, durable=False) is False
+    store.put(NS, "k", {"v": 1}, ttl=60, durable=False)
+    store.put(NS, "gone", {"v": 1}, ttl=60)
+    store.delete(NS, "gone", durable=False)
+    other = store_factory()
+    try:
+        assert other.get_many([(NS, "marker"), (NS, "k"), (NS, "gone")]) == [{"v": 1}, {"v": 1}, None]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_concurrent_writers_each_get_their_own_answer(store: Store) -> None:
+    """Group commit (SQLite) runs writers that queue up together in one transaction: each
+    still gets the answer of its own statement."""
+    counter = iter(range(64))
+    lock = threading.Lock()
+
+    def write() -> tuple[int, bool, bool, int]:
+        with lock:
+            mine = next(counter)
+        store.put(NS, f"k-{mine}", {"by": mine}, ttl=60)
+        won = store.add(NS, "only-one", {"by": mine}, ttl=60, durable=mine % 2 == 0)
+        again = store.add(NS, f"k-{mine}", {"by": -1}, ttl=60)
+        return mine, won, again, store.incr(NS, "count", 60)
+
+    results = race(32, write)
+    assert sum(won for _, won, _, _ in results) == 1
+    assert not any(again for _, _, again, _ in results)
+    assert sorted(count for *_, count in results) == list(range(1, 33))
+    assert store.get_many([(NS, f"k-{mine}") for mine, *_ in results]) == [
+        {"by": mine} for mine, *_ in results]
+
+
 # --- failure: fail closed ----------------------------------------------------------------------
 
 
@@ -272,6 +349,9 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "delete": lambda s: s.delete(NS, "k"),
     "touch": lambda s: s.touch(NS, "k", 60),
     "incr": lambda s: s.incr(NS, "k", 60),
+    "get_many": lambda s: s.get_many([(NS, "k"), (NS, "j")]),
+    "swap": lambda s: s.swap(NS, "k", "j", {"v": 1}, 60),
+    "put (not durable)": lambda s: s.put(NS, "k", {"v": 1}, 60, durable=False),
 }
 
 
@@ -336,4 +416,117 @@ def test_redis_keys_are_prefixed_and_expire_in_redis(redis_url: str) -> None:
         assert raw.pttl(f"{prefix}:{NS}:forever") == -1  # no expiry at all
     finally:
         raw.close()
+        store.close()
+
+
+# --- SQLite: group commit and durability --------------------------------------------------------
+
+
+def _queued(store: SqliteStore, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(store._group._queue) < count:  # white box: the writers wait in one queue
+        assert time.monotonic() < deadline, "writers did not queue up"
+        time.sleep(0.005)
+
+
+def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    store.put(NS, "warm", {"v": 0}, ttl=60)
+    transactions = []
+    run_batch = store._run_batch
+
+    def counting(batch: list[Any]) -> None:
+        transactions.append(len(batch))
+        run_batch(batch)
+
+    store._run_batch = counting  # type: ignore[method-assign]
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str, write: Callable[[], object]) -> None:
+        try:
+            outcomes[name] = write()
+        except Exception as exc:
+            outcomes[name] = exc
+
+    with store._lock:  # the connection is busy: a first writer waits, the rest queue behind it
+        first = threading.Thread(target=call, args=("first", lambda: store.put(NS, "first", {"v": 1}, 60)))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not store._group._leading:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        threads = [threading.Thread(target=call, args=(name, write)) for name, write in {
+            "put": lambda: store.put(NS, "a", {"v": 1}, 60),
+            "bad": lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60),  # type: ignore[arg-type]
+            "add": lambda: store.add(NS, "b", {"v": 2}, 60, durable=False),
+            "take": lambda: store.take(NS, "warm"),
+        }.items()]
+        for thread in threads:
+            thread.start()
+        _queued(store, 4)
+    for thread in [first, *threads]:
+        thread.join(timeout=10)
+    try:
+        assert transactions == [1, 4], "the queued writers shared one transaction"
+        assert outcomes["first"] is None and outcomes["put"] is None
+        assert outcomes["add"] is True and outcomes["take"] == {"v": 0}
+        assert isinstance(outcomes["bad"], sqlite3.ProgrammingError)
+        assert store.get_many([(NS, "first"), (NS, "a"), (NS, "b"), (NS, "warm")]) == [
+            {"v": 1}, {"v": 1}, {"v": 2}, None]
+    finally:
+        store.close()
+
+
+def test_sqlite_a_batch_that_cannot_commit_fails_every_writer_in_it_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path, busy_timeout=0.2)
+    store.put(NS, "before", {"v": 0}, ttl=60)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file: nothing can be written
+    try:
+        results = race(6, lambda: _outcome(lambda: store.put(NS, f"k-{threading.get_ident()}", {"v": 1}, 60)))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        assert all(isinstance(result, StoreUnavailable) for result in results), results
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT key FROM entries").fetchall() == [("before",)]
+        store.put(NS, "after", {"v": 1}, ttl=60)  # the next write opens the database again
+        assert store.get(NS, "after") == {"v": 1}
+    finally:
+        store.close()
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
+
+
+def test_sqlite_commits_durably_and_a_deferred_sync_never_stays_behind(tmp_path: Path) -> None:
+    """``synchronous=FULL`` (2) on the writing connection, also right after a write that
+    was committed with ``NORMAL`` (``durable=False``)."""
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    try:
+        store.put(NS, "k", {"v": 1}, ttl=60, durable=False)
+        assert store._connection().execute("PRAGMA synchronous").fetchone() == (2,)
+        assert store._connection().execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        store.close()
+
+
+def test_sqlite_get_many_looks_up_by_primary_key_not_by_scanning(tmp_path: Path) -> None:
+    from idbroker.store.sqlite import _get_many_sql
+
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    try:
+        store.ping()
+        plan = store._connection().execute("EXPLAIN QUERY PLAN " + _get_many_sql(3),
+                                           [NS, "a", NS, "b", NS, "c", 0.0]).fetchall()
+        details = [row[-1] for row in plan]
+        assert not any(detail.startswith("SCAN") for detail in details), details
+        assert any("PRIMARY KEY" in detail for detail in details), details
+    finally:
         store.close()
