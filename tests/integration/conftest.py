@@ -28,6 +28,7 @@ from idbroker.demo.idp import DemoAccount, DemoClient, create_idp_app
 from idbroker.demo.launcher import DEMO_ACCOUNTS, DemoChain, build_demo
 from idbroker.demo.saml_idp import SAML_FAULTS, create_saml_idp_app
 from idbroker.policy.model import ClientPolicy
+from idbroker.ratelimit import RateLimiter
 from idbroker.upstream.saml.keys import ensure_key_pair
 from tests.support.browser import Browser, TotpApp
 from tests.support.soft_authenticator import SoftAuthenticator
@@ -308,3 +309,14 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _lift_ip_lockout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test runs from 127.0.0.1: after each one on the shared chain, the administrator
+    lifts the IP's count, so one test's refusals do not lock the next one out (lockouts stay
+    per test)."""
+    yield
+    if "chain" in request.fixturenames:
+        chain = request.getfixturevalue("chain")
+        RateLimiter(chain.broker.store, purpose="factor").unlock(ip="127.0.0.1")

@@ -25,7 +25,6 @@ from idbroker.assurance.activation import ActivationCodes
 from idbroker.assurance.factors import FactorRegistry
 from idbroker.assurance.stepup import FactorKind
 from idbroker.audit.log import records
-from idbroker.ratelimit import RateLimiter
 from idbroker.sessions import SsoSession
 from tests.integration.conftest import STEPUP_ORG, TRUSTED_OIDC_ORG, Chain, running_chain
 from tests.support.browser import Browser, Step, TotpApp
@@ -34,16 +33,6 @@ from tests.support.soft_authenticator import SoftAuthenticator
 LOW = "http://eidas.europa.eu/LoA/low"
 SUBSTANTIAL = "http://eidas.europa.eu/LoA/substantial"
 HIGH = "http://eidas.europa.eu/LoA/high"
-
-
-@pytest.fixture(autouse=True)
-def _lift_ip_lockout(request: pytest.FixtureRequest) -> Any:
-    """Every test here runs from 127.0.0.1: after each, the administrator lifts the IP's
-    count, so one test's refusals do not lock the next one out (lockouts stay per test)."""
-    yield
-    if "chain" in request.fixturenames:
-        chain = request.getfixturevalue("chain")
-        RateLimiter(chain.broker.store, purpose="factor").unlock(ip="127.0.0.1")
 
 
 def person(n: int, **means: Any) -> Browser:

@@ -8,24 +8,15 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from idbroker.ratelimit import RateLimiter
 from tests.integration.conftest import ROLES_CLIENT, STEPUP_ORG, Chain
 from tests.support.browser import Browser, Step, TotpApp
 
 SUBSTANTIAL = "http://eidas.europa.eu/LoA/substantial"
 LOW = "http://eidas.europa.eu/LoA/low"
-
-
-@pytest.fixture(autouse=True)
-def _lift_ip_lockout(request: pytest.FixtureRequest) -> Any:
-    yield
-    if "chain" in request.fixturenames:
-        RateLimiter(request.getfixturevalue("chain").broker.store, purpose="factor").unlock(ip="127.0.0.1")
 
 
 def _keys(chain: Chain) -> KeySet:

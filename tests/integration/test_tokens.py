@@ -17,20 +17,12 @@ from joserfc.jwk import KeySet, OctKey
 
 from idbroker.app import create_app
 from idbroker.audit.log import records
-from idbroker.ratelimit import RateLimiter
 from tests.integration.conftest import API_CLIENT, ROLES_CLIENT, STEPUP_ORG, Chain, running_chain
 from tests.support.browser import Browser
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-@pytest.fixture(autouse=True)
-def _lift_ip_lockout(request: pytest.FixtureRequest) -> Any:
-    yield
-    if "chain" in request.fixturenames:
-        RateLimiter(request.getfixturevalue("chain").broker.store, purpose="factor").unlock(ip="127.0.0.1")
 
 
 def _auth(chain: Chain, client_id: str) -> dict[str, str]:
