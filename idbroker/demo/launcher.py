@@ -165,8 +165,10 @@ def run_demo(*, port: int, policies: Path, state_dir: Path) -> int:
     store = (state_dir / "idbroker.sqlite3").resolve()
     print("The chain apps need eIDAS substantial: j.smit (Veilig Thuis) arrives there; anyone else")
     print("links a security key or app with an activation code, issued with")
+    # The demo's keys too: the issued code is recorded in the demo's audit trail, whose
+    # checkpoints are signed with the broker's own key.
     print(f"  IDBROKER_ISSUER={base_url} IDBROKER_STORE__URL=sqlite:///{store} \\\n"
-          "    idbroker enrol issue --person p-...")
+          f"  IDBROKER_KEYS_DIR={(state_dir / 'keys').resolve()} idbroker enrol issue --person p-...")
     print("(the activation page shows the person's p-... id).")
     print("Open a chain app, click 'Inloggen via idbroker', choose an organisation. Ctrl-C stops.\n",
           flush=True)

@@ -591,42 +591,44 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
-class Introspection(IntrospectionEndpoint):
-    """RFC 7662 for authenticated resource servers (clients of the policy), about tokens meant
-    for them only; anything else is ``{"active": false}``."""
+class _TokenEndpoint:
+    """An authlib endpoint about one token, for clients authenticated as at ``/token``; the
+    answer is always 200 (RFC 7662 / RFC 7009), its body from :meth:`answer`."""
 
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def __init__(self, provider: Provider) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[call-arg]
         self.provider = provider
 
     def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        client: Client = self.authenticate_endpoint_client(request)
-        self.check_params(request, client)
-        token = request.form["token"]
+        client: Client = self.authenticate_endpoint_client(request)  # type: ignore[attr-defined]
+        self.check_params(request, client)  # type: ignore[attr-defined]
+        return 200, self.answer(request.form["token"], client), default_json_headers
+
+    def answer(self, token: str, client: Client) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Introspection(_TokenEndpoint, IntrospectionEndpoint):
+    """RFC 7662 for authenticated resource servers (clients of the policy), about tokens meant
+    for them only; anything else is ``{"active": false}``."""
+
+    def answer(self, token: str, client: Client) -> dict[str, Any]:
         answer = introspect(token, self.provider.keys, self.provider.issuer, self.provider.revocations,
                             client.policy, leeway=self.provider.settings.tokens.clock_skew)
         if not answer["active"]:
             self.provider.note_revoked_token(token, client)
-        return 200, answer, default_json_headers
+        return answer
 
 
-class Revocation(RevocationEndpoint):
+class Revocation(_TokenEndpoint, RevocationEndpoint):
     """RFC 7009: a client revokes its own access token (by ``jti``, seen by every instance) or
     refresh token (the whole family). Anything else is answered alike and changes nothing."""
 
-    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
-
-    def __init__(self, provider: Provider) -> None:
-        super().__init__()
-        self.provider = provider
-
-    def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        client: Client = self.authenticate_endpoint_client(request)
-        self.check_params(request, client)
-        self.provider.revoke(request.form["token"], client)
-        return 200, {}, default_json_headers
+    def answer(self, token: str, client: Client) -> dict[str, Any]:
+        self.provider.revoke(token, client)
+        return {}
 
 
 class BrokerAuthorizationServer(AuthorizationServer):
