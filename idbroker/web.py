@@ -141,7 +141,6 @@ def audit(event_type: EventType | str, *, durable: bool = True, **fields: Any) -
     unavailable): nothing may leave without its record. A value from outside (an IdP's
     ``acr``, a client's parameter) that the audit guard refuses is left out, with a
     warning, rather than turning the login into an error."""
-    log_ = broker().audit
     try:
         event = AuditEvent(type=event_type, **audit_context(), **fields)
     except UnsafeAuditValue as error:
@@ -149,7 +148,7 @@ def audit(event_type: EventType | str, *, durable: bool = True, **fields: Any) -
         kept = {k: v for k, v in fields.items() if k in _OWN_FIELDS}
         event = AuditEvent(type=event_type, correlation_id=correlation_id(), source_ip=client_ip() or None,
                            **kept, detail={"unsafe_value_dropped": True})
-    log_.record(event, durable=durable)
+    broker().audit.record(event, durable=durable)
 
 
 #: Fields the broker itself makes (ids, levels, codes of its own), never taken from outside.

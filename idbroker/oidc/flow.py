@@ -229,7 +229,8 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
     user.sub = subject_for(b.keys.secrets["subject_salt"], session.person, client)
     user.audience = audience
     user.session_ends_at = session.created_at + b.settings.session.absolute_timeout
-    user.identity = dict(session.identity)
+    if "offline_access" in user.scope.split():  # kept only where a refresh will re-evaluate it
+        user.identity = dict(session.identity)
     response = b.provider.server.create_authorization_response(
         request=grant.request, grant_user=user, grant=grant)
     b.sessions.add_client(session, params["client_id"])

@@ -267,6 +267,8 @@ class PolicyIndex:
         self.team_names: dict[str, str] = {}
         self.client_levels: dict[str, Level] = {}
         self.domains: dict[str, Any] = {}
+        #: RFC 8707 resource URI -> the client (application) whose API it names.
+        self.resources: dict[str, str] = {}
         #: (audience, scope) -> roles that grant it, for "why not" in explain.
         self.granted_by: dict[tuple[str, str], tuple[CompiledRole, ...]] = {}
         self.rules_by_team: dict[str, tuple[CompiledRule, ...]] = {}
@@ -279,6 +281,8 @@ class PolicyIndex:
             for domain in organisation.domains:
                 index.domains.setdefault(domain, organisation)
         index.client_levels = {client.id: client.minimum_level for client in policy.clients.values()}
+        index.resources = {uri: client.id for client in policy.clients.values()
+                           for uri in client.resource_uris}
         rotas = {rota.id: CompiledRota.build(rota.id, rota.name, (w.weekly for w in rota.windows))
                  for rota in policy.rotas.values()}
         groups: dict[tuple[str, str], list[CompiledRule]] = defaultdict(list)

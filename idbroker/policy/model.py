@@ -464,3 +464,7 @@ class Policy(StrictModel):
 
     def organisation_for_domain(self, domain: str) -> Organisation | None:
         return self.index.domains.get(domain.lower())
+
+    def client_for_resource(self, resource: str) -> str | None:
+        """The client whose ``resource_uris`` names ``resource`` (RFC 8707), if any."""
+        return self.index.resources.get(resource)

@@ -48,19 +48,6 @@ def default_target(client: ClientPolicy) -> Target:
     return Target(client.id, client.audience)
 
 
-_RESOURCE_INDEX: list[tuple[Policy, dict[str, str]]] = []
-
-
-def _resource_owner(policy: Policy, resource: str) -> str | None:
-    """The client whose ``resource_uris`` lists ``resource`` (index built once per policy)."""
-    cached = _RESOURCE_INDEX[0] if _RESOURCE_INDEX else None
-    if cached is None or cached[0] is not policy:
-        index = {uri: client.id for client in policy.clients.values() for uri in client.resource_uris}
-        cached = (policy, index)
-        _RESOURCE_INDEX[:] = [cached]
-    return cached[1].get(resource)
-
-
 def resolve_resource(policy: Policy, client: ClientPolicy, resource: str, *,
                      exchange: bool = False) -> Target:
     """The target an RFC 8707 ``resource`` names, if ``client`` may have tokens for it.
@@ -72,7 +59,7 @@ def resolve_resource(policy: Policy, client: ClientPolicy, resource: str, *,
     parts = urlsplit(resource) if isinstance(resource, str) else None
     if parts is None or not parts.scheme or not parts.netloc or parts.fragment:
         raise TokenError(INVALID_TARGET, "resource must be an absolute URI without a fragment")
-    owner = _resource_owner(policy, resource)
+    owner = policy.client_for_resource(resource)
     if owner is None:
         raise TokenError(INVALID_TARGET, "the resource is not known to this broker")
     if owner == client.id or (exchange and client.exchange_rule(owner) is not None):
