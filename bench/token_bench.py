@@ -19,7 +19,7 @@ Scenarios (ES256-signed RFC 9068 access tokens throughout, client_secret_basic):
 - ``introspection``: RFC 7662 of a live access token (oidc-provider can only introspect
   opaque tokens; idbroker introspects its JWTs).
 
-The idbroker side is served by ``idbroker serve`` (gunicorn, one gthread worker) on a
+The idbroker side is served by ``idbroker serve`` (granian, one worker process with a thread pool) on a
 throw-away config, policy, key directory and store: a SQLite file (the audit trail in the
 ``*-audit.sqlite3`` file beside it, every token's event fsynced before it leaves), and/or a
 throw-away ``redis-server`` (no persistence) pinned to the broker's core, holding the store
@@ -91,7 +91,7 @@ def pinned(core: str) -> list[str]:
 
 
 def peak_rss_mib(pid: int) -> float:
-    """Peak RSS of a process and its children (gunicorn: arbiter + worker)."""
+    """Peak RSS of a process and its children (granian: main process + worker)."""
     total = 0
     for candidate in [pid, *children(pid)]:
         try:
@@ -397,7 +397,8 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="measure idbroker only (no ratio)")
     parser.add_argument("--store", choices=("sqlite", "redis", "both"), default="both",
                         help="idbroker's store (and audit trail): a SQLite file, or a redis-server")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn gthread threads (one worker)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="server.threads: the worker's thread pool (one worker)")
     parser.add_argument("--access-log", action="store_true",
                         help="keep idbroker's per-request access log (the peer writes none; off by default)")
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Embedded store: one SQLite file, the zero set-up default for a single host.
 
-Several threads and several processes (gunicorn workers) share the file safely:
+Several threads and several processes (server workers) share the file safely:
 
 * WAL mode lets readers run beside the one writer, and ``busy_timeout`` makes a
   writer wait for the lock instead of failing at once.

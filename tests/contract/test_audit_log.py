@@ -295,7 +295,7 @@ def _append_many(target: Target, count: int, barrier: Barrier, results: Queue) -
 
 
 def test_two_processes_make_one_chain_without_gaps(target: Target, keys: KeyRing) -> None:
-    """Two broker instances (or gunicorn workers) on one store: seq 1..N, one chain."""
+    """Two broker instances (or server workers) on one store: seq 1..N, one chain."""
     each = 150
     target = replace(target, every=50)  # checkpoints written by both processes as well
     context = multiprocessing.get_context("spawn")

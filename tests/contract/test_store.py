@@ -199,7 +199,7 @@ def _contend(
 def test_take_add_and_incr_are_atomic_across_processes(
     store_factory: Callable[[], Store],
 ) -> None:
-    """What gunicorn workers (or broker instances) sharing one store rely on."""
+    """What server workers (or broker instances) sharing one store rely on."""
     keys = [f"code-{i}" for i in range(150)]
     store = store_factory()
     for key in keys:

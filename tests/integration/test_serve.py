@@ -1,4 +1,4 @@
-"""`idbroker serve` on gunicorn, and a start refused for a bad setting or policy."""
+"""`idbroker serve` on granian, and a start refused for a bad setting or policy."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _config(tmp_path: Path, port: int, extra: str = "") -> Path:
     return config
 
 
-def test_serve_runs_on_gunicorn_with_generated_private_keys(tmp_path: Path) -> None:
+def test_serve_runs_on_granian_with_generated_private_keys(tmp_path: Path) -> None:
     port = _free_port()
     config = _config(tmp_path, port)
     env = os.environ | {"DEMO_BASE_URL": f"http://localhost:{port}"}
@@ -48,13 +48,17 @@ def test_serve_runs_on_gunicorn_with_generated_private_keys(tmp_path: Path) -> N
                 assert time.monotonic() < deadline, "broker did not start"
                 time.sleep(0.2)
         assert reply.json()["issuer"] == f"http://localhost:{port}"
-        assert "gunicorn" in reply.headers.get("Server", "")
+        assert reply.headers.get("Server") == "granian"
+        # The access log names the path, never the query string (it may carry a code).
+        requests.get(f"http://127.0.0.1:{port}/authorize?client_id=x&code=leak-me", timeout=5)
         for path in (tmp_path / "keys").iterdir():
             assert path.stat().st_mode & 0o077 == 0
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=15)
-    assert "Booting worker" in output
+    assert "Spawning worker-2" in output
+    assert '"GET /authorize" 400' in output
+    assert "leak-me" not in output
 
 
 def test_start_is_refused_for_a_bad_setting(tmp_path: Path) -> None:
