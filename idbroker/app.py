@@ -13,13 +13,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from idbroker.audit import AuditUnavailable
 from idbroker.broker import Broker
 from idbroker.config import Settings
+from idbroker.oidc.token_endpoints import TokenEndpoints
 from idbroker.store import StoreUnavailable
 from idbroker.web import audit_context, error_page, security_headers
 
 log = logging.getLogger("idbroker")
 
-_JSON_ENDPOINTS = {"oidc.token", "oidc.userinfo", "oidc.jwks", "oidc.discovery", "oidc.introspection",
-                   "oidc.revocation"}
+_JSON_ENDPOINTS = {"oidc.userinfo", "oidc.jwks", "oidc.discovery"}
 
 
 class TrustedProxies:
@@ -62,7 +62,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     # Fail closed from the start: a broker that cannot write its audit trail does not serve.
     the_broker.audit.ping()
     the_broker.provider.audit_context = audit_context
-    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.http.trusted_proxies)  # type: ignore[method-assign]
+    # The token endpoints answer before Flask (idbroker.oidc.token_endpoints says why), behind
+    # the same proxy handling as every page.
+    token_endpoints = TokenEndpoints(the_broker.provider.token_server, app.wsgi_app, settings)
+    app.wsgi_app = TrustedProxies(token_endpoints, settings.http.trusted_proxies)  # type: ignore[method-assign]
 
     from idbroker.login.views import bp as login_bp
     from idbroker.oidc.views import bp as oidc_bp

@@ -15,6 +15,8 @@ from flask import Response, current_app, g, render_template, request
 from idbroker.audit import AuditEvent, AuditUnavailable, EventType, UnsafeAuditValue
 from idbroker.broker import Broker
 from idbroker.i18n import choose_locale, translate
+from idbroker.oidc.token_endpoints import audit_context as token_request_context
+from idbroker.oidc.token_endpoints import safe_request_id
 
 log = logging.getLogger("idbroker")
 
@@ -64,12 +66,8 @@ def error_page(message_key: str, *, status: int = 400, locale_hint: str | None =
 def correlation_id() -> str:
     if "correlation_id" not in g:
         incoming = request.headers.get("X-Request-ID", "")
-        g.correlation_id = incoming if _safe_id(incoming) else uuid.uuid4().hex
+        g.correlation_id = incoming if safe_request_id(incoming) else uuid.uuid4().hex
     return g.correlation_id
-
-
-def _safe_id(value: str) -> bool:
-    return 8 <= len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value)
 
 
 def set_cookie(response: Response, name: str, value: str, *, max_age: int | None = None) -> None:
@@ -117,7 +115,11 @@ def client_ip() -> str:
 
 
 def audit_context() -> dict[str, Any]:
-    """Where a request came from, for its audit events: address, user agent, correlation id."""
+    """Where a request came from, for its audit events: address, user agent, correlation id
+    (for a token endpoint, answered outside Flask, what :mod:`idbroker.oidc.token_endpoints` read)."""
+    outside_flask = token_request_context()
+    if outside_flask is not None:
+        return outside_flask
     return {"source_ip": client_ip() or None, "user_agent": request.headers.get("User-Agent"),
             "correlation_id": correlation_id()}
 

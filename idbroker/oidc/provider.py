@@ -7,6 +7,7 @@ single-use), and how tokens are signed (the key ring). The OAuth protocol is aut
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ import requests
 from authlib.common.encoding import urlsafe_b64encode
 from authlib.consts import default_json_headers
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2 import AuthorizationServer as OAuth2AuthorizationServer
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
     AuthorizationCodeMixin,
@@ -85,6 +87,11 @@ SCOPE_CLAIMS = {
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 #: How clients authenticate at the token, introspection and revocation endpoints.
 CLIENT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
+
+
+#: True once a refusal at a token endpoint has been recorded for the request being answered
+#: (with its own reason and detail), so the endpoint does not record it again in general terms.
+refusal_recorded: contextvars.ContextVar[bool] = contextvars.ContextVar("refusal_recorded", default=False)
 
 
 @dataclass
@@ -632,8 +639,9 @@ class Revocation(_TokenEndpoint, RevocationEndpoint):
 
 
 class BrokerAuthorizationServer(AuthorizationServer):
-    """authlib's Flask server, but an already-built request (one replayed from the login
-    transaction) is used as given instead of being rebuilt from the current HTTP request."""
+    """authlib's Flask server for the pages (``/authorize``, ``/userinfo``, ``/logout``); an
+    already-built request (one replayed from the login transaction) is used as given instead
+    of being rebuilt from the current HTTP request."""
 
     provider: Provider
 
@@ -641,6 +649,34 @@ class BrokerAuthorizationServer(AuthorizationServer):
         if isinstance(request, OAuth2Request):
             return request
         return super().create_oauth2_request(request)
+
+
+class TokenServer(OAuth2AuthorizationServer):
+    """authlib's framework-neutral server for the token endpoints
+    (:mod:`idbroker.oidc.token_endpoints` builds each request from the WSGI environ):
+    it answers ``(status, body, headers)`` and leaves the HTTP to its caller."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
+    def query_client(self, client_id: str) -> Client | None:
+        return self.provider.query_client(client_id)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Nothing to save: access tokens are JWTs, refresh tokens are stored when made."""
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if not isinstance(request, OAuth2Request):
+            raise TypeError("the token endpoints hand over a built OAuth2Request")
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]
+                        ) -> tuple[int, Any, list[tuple[str, str]]]:
+        return status, body, headers
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """No signals: the audit trail records what happens, in the grants themselves."""
 
 
 class Provider:
@@ -660,7 +696,7 @@ class Provider:
         self.revocations = Revocations(store, leeway=settings.tokens.clock_skew)
         self.refresh = RefreshTokens(store, self.revocations)
         self.client_keys = ClientKeys(settings.http.upstream_timeout)
-        self.server = self._build_server()
+        self.server, self.token_server = self._build_servers()
 
     @property
     def policy(self) -> Policy:
@@ -673,25 +709,29 @@ class Provider:
         policy = self.policy.clients.get(client_id)
         return Client(policy) if policy else None
 
-    def _build_server(self) -> AuthorizationServer:
-        server = BrokerAuthorizationServer(query_client=self.query_client,
-                                           save_token=lambda token, request: None)
-        server.provider = self
-        server.register_token_generator("default", self._generate_token)
-        server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
-        server.register_grant(CodeGrant, [S256CodeChallenge(required=True), OpenIDConnect(self)])
-        server.register_grant(RefreshGrantWithRotation)
-        server.register_grant(TokenExchangeGrant)
+    def _build_servers(self) -> tuple[BrokerAuthorizationServer, TokenServer]:
+        """The Flask server for the pages and the token server for the machine endpoints,
+        with the same code grant (authorized on a page, redeemed at ``/token``)."""
+        pages = BrokerAuthorizationServer(query_client=self.query_client,
+                                          save_token=lambda token, request: None)
+        pages.provider = self
+        tokens = TokenServer(self)
+        for server in (pages, tokens):
+            server.register_grant(CodeGrant, [S256CodeChallenge(required=True), OpenIDConnect(self)])
         issuer_parameter = IssuerParameter()
         issuer_parameter.get_issuer = lambda: self.issuer  # type: ignore[method-assign]
-        server.register_extension(issuer_parameter)
+        pages.register_extension(issuer_parameter)
         protector = ResourceProtector()
         protector.register_token_validator(JwtBearerValidator(self))
-        server.register_endpoint(UserInfoFromToken(self, protector))
-        server.register_endpoint(EndSession(self))
-        server.register_endpoint(Introspection(self))
-        server.register_endpoint(Revocation(self))
-        return server
+        pages.register_endpoint(UserInfoFromToken(self, protector))
+        pages.register_endpoint(EndSession(self))
+        tokens.register_token_generator("default", self._generate_token)
+        tokens.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
+        tokens.register_grant(RefreshGrantWithRotation)
+        tokens.register_grant(TokenExchangeGrant)
+        tokens.register_endpoint(Introspection(self))
+        tokens.register_endpoint(Revocation(self))
+        return pages, tokens
 
     def record(self, event_type: EventType, user: BrokerUser, client: Client, scope: str, *,
                audience: str | None = None, detail: dict[str, Any] | None = None) -> None:
@@ -884,16 +924,19 @@ class Provider:
 
     def record_refusal(self, reason: str, client_id: str | None, *, type_: EventType = EventType.REFUSAL,
                        detail: dict[str, Any] | None = None) -> None:
-        """A refusal at the token endpoints; a broken audit store is logged, not a 500."""
+        """A refusal at the token endpoints; a broken audit store is logged, not a 500. It
+        hands nothing out, so it is not synced on its own (``durable=False``): the next
+        durable event, before any token, syncs it too."""
         try:
             try:
                 event = AuditEvent(type=type_, outcome="refused", reason=reason, client=client_id,
                                    detail=detail or {}, **self.audit_context())
             except UnsafeAuditValue:  # a client_id from the request that may not be recorded
                 event = AuditEvent(type=type_, outcome="refused", reason=reason, detail=detail or {})
-            self.audit.record(event)
+            self.audit.record(event, durable=False)
         except AuditUnavailable as error:
             _log.error("audit trail unavailable; refusal %s NOT recorded: %s", reason, error)
+        refusal_recorded.set(True)
 
     # -- per SSO session: the profile for /userinfo (tokens carry no personal data) and
     # -- who the session is, for token exchange (a pairwise sub cannot be turned back) --

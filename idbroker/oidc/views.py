@@ -26,7 +26,6 @@ from idbroker.tokens import GRANT_TYPE as TOKEN_EXCHANGE
 from idbroker.web import (
     SESSION_COOKIE,
     audit,
-    audit_refusal,
     broker,
     clear_cookie,
     csrf_ok,
@@ -75,35 +74,6 @@ def _refuse_repeated_parameters(redirect_uri: str, state: str | None) -> None:
             ambiguous = name in ("client_id", "redirect_uri")
             raise InvalidRequestError(f"Parameter '{name}' is repeated.", state=state,
                                       redirect_uri=None if ambiguous else redirect_uri)
-
-
-@bp.post("/token")
-def token() -> Response:
-    response = broker().provider.server.create_token_response()
-    if response.status_code in (400, 401):
-        error = (response.get_json(silent=True) or {}).get("error")
-        audit_refusal(error if isinstance(error, str) else "invalid_request",
-                      client=request.form.get("client_id"),
-                      detail={"grant_type": request.form.get("grant_type", "")[:64]})
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
-    return response
-
-
-@bp.post("/introspect")
-def introspection() -> Response:
-    """RFC 7662, for resource servers that prefer asking to validating JWTs themselves."""
-    response = broker().provider.server.create_endpoint_response("introspection")
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@bp.post("/revoke")
-def revocation() -> Response:
-    """RFC 7009: a client revokes its access or refresh token (every instance sees it)."""
-    response = broker().provider.server.create_endpoint_response("revocation")
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])

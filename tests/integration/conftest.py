@@ -143,7 +143,7 @@ TRUSTED_OIDC_ACCOUNTS = (DemoAccount("t.devos", "demo", "ggd-77", "Tess de Vos",
 #: so every step-up test has a person of its own (factors and lockouts are per person).
 STEPUP_ORG = "gemeente-stap"
 STEPUP_ACCOUNTS = tuple(DemoAccount(f"s{n:02d}", "demo", f"stap-{n:02d}", f"Stap Tester {n:02d}",
-                                    f"s{n:02d}@stap.demo", str(n), ("stap",)) for n in range(1, 61))
+                                    f"s{n:02d}@stap.demo", str(n), ("stap",)) for n in range(1, 71))
 
 #: A test client that only roles open (application scopes), see ``write_test_policy``.
 ROLES_CLIENT = "test-roles"

@@ -288,3 +288,91 @@ def test_the_readmes_resource_server_example_works_with_pyjwt(chain: Chain) -> N
         namespace["authorize"](low)
     with pytest.raises(Exception, match=r"(?i)audience"):
         namespace["authorize"](_rp_login(chain)["access_token"])
+
+
+# -- the token endpoints' HTTP (served beside Flask: idbroker.oidc.token_endpoints) ----------------------
+
+
+def _assert_json_answer(reply: requests.Response, status: int, error: str | None = None) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    assert reply.headers["X-Frame-Options"] == "DENY"
+    assert "Traceback" not in reply.text
+    body = reply.json()
+    if error is not None:
+        assert body["error"] == error, body
+    return body
+
+
+def test_token_endpoints_answer_other_methods_large_and_non_form_bodies_with_rfc_errors(chain: Chain) -> None:
+    for path in ("token", "introspect", "revoke"):
+        got = requests.get(f"{chain.base}/{path}", timeout=5)
+        _assert_json_answer(got, 405, "invalid_request")
+        assert got.headers["Allow"] == "POST"
+        too_large = requests.post(f"{chain.base}/{path}", data={"token": "x" * (70 * 1024)}, timeout=5)
+        _assert_json_answer(too_large, 413, "invalid_request")
+    # JSON is not how OAuth clients talk: no parameters were sent, and the answer says so.
+    as_json = requests.post(f"{chain.base}/token", json={"grant_type": "refresh_token"}, timeout=5)
+    _assert_json_answer(as_json, 400, "unsupported_grant_type")
+    not_utf8 = requests.post(f"{chain.base}/token", data=b"grant_type=\xff\xfe",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=5)
+    _assert_json_answer(not_utf8, 400, "unsupported_grant_type")
+
+
+def test_token_parameters_count_only_in_the_body(chain: Chain) -> None:
+    """RFC 6749 §3.2: a refresh token in the URL (and so in proxy logs) is not accepted."""
+    body = _roles_login(chain, 61)
+    query = f"grant_type=refresh_token&refresh_token={body['refresh_token']}"
+    in_query = requests.post(f"{chain.base}/token?{query}", data=_auth(chain, ROLES_CLIENT), timeout=5)
+    _assert_json_answer(in_query, 400, "unsupported_grant_type")
+    # The token was not spent by that attempt.
+    reply = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
+    answer = _assert_json_answer(reply, 200)
+    assert reply.headers["Pragma"] == "no-cache" and answer["refresh_token"] != body["refresh_token"]
+
+
+def test_token_endpoints_refuse_plain_http_to_a_public_host(chain: Chain) -> None:
+    """authlib's transport check: http is for loopback only (behind a TLS proxy, configure
+    http.trusted_proxies so the broker sees https)."""
+    reply = requests.post(f"{chain.base}/token", data={"grant_type": "refresh_token", "refresh_token": "x"},
+                          headers={"Host": "idbroker.keten.example"}, timeout=5)
+    _assert_json_answer(reply, 400, "insecure_transport")
+
+
+def test_token_endpoint_refusals_carry_the_callers_request_id_and_address(chain: Chain) -> None:
+    reply = requests.post(f"{chain.base}/token", data={"grant_type": "refresh_token", "refresh_token": "nope",
+                                                       **_auth(chain, ROLES_CLIENT)},
+                          headers={"X-Request-ID": "req-token-endpoint-61", "User-Agent": "api-gateway/1.0"},
+                          timeout=5)
+    _assert_json_answer(reply, 400, "invalid_grant")
+    refusals = [r.event for r in records(chain.broker.audit, client=ROLES_CLIENT)
+                if r.event.get("correlation_id") == "req-token-endpoint-61"]
+    assert [(e["type"], e["reason"], e["source_ip"], e["user_agent"]) for e in refusals] == [
+        ("refusal", "invalid_grant", "127.0.0.1", "api-gateway/1.0")]
+
+
+def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from idbroker.store import StoreUnavailable
+
+    body = _roles_login(chain, 62)
+    provider = chain.broker.provider
+
+    def store_down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the test pulled the plug")
+
+    monkeypatch.setattr(provider.refresh, "rotate", store_down)
+    down = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
+    _assert_json_answer(down, 503, "temporarily_unavailable")
+    assert down.headers["Retry-After"] == "30"
+
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug, with a secret-looking detail")
+
+    monkeypatch.setattr(provider.refresh, "rotate", bug)
+    broken = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
+    answer = _assert_json_answer(broken, 500, "server_error")
+    assert "secret-looking" not in broken.text and set(answer) == {"error", "error_description"}
+    assert "a bug, with a secret-looking detail" in caplog.text  # the trace is in the log only
