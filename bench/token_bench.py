@@ -16,8 +16,11 @@ Scenarios (ES256-signed RFC 9068 access tokens throughout, client_secret_basic):
 - ``refresh``: ``grant_type=refresh_token``, each request with a fresh token of its own
   (minted before the run), rotated by the server,
 - ``exchange``: RFC 8693 with an access token as ``subject_token`` towards another API,
-- ``introspection``: RFC 7662 of a live access token (oidc-provider can only introspect
-  opaque tokens; idbroker introspects its JWTs).
+- ``introspection``: RFC 7662 of a live access token, the same one each time, as a resource
+  server asks about the token of each call (oidc-provider can only introspect opaque tokens,
+  a lookup; idbroker introspects its JWTs and remembers a signature it checked),
+- ``introspection-new`` (idbroker only, its ratio against the peer's ``introspection``): each
+  request a token never seen before, so every one costs a full ES256 signature check.
 
 The idbroker side is served by ``idbroker serve`` (granian, one worker process with a thread pool) on a
 throw-away config, policy, key directory and store: a SQLite file (the audit trail in the
@@ -343,8 +346,9 @@ def _identity(i: int) -> dict[str, Any]:
 
 
 def idbroker_bodies(issuer: str, workdir: Path, refresh_count: int, *,
-                    store_url: str | None = None) -> dict[str, list[str] | str]:
-    """Refresh tokens minted in the broker's own store, and a subject token under its keys."""
+                    store_url: str | None = None) -> dict[str, Any]:
+    """Refresh tokens minted in the broker's own store, a subject token under its keys, and
+    as many distinct access tokens as refresh tokens (for ``introspection-new``)."""
     store = open_store(store_url or f"sqlite:///{workdir / 'store.sqlite3'}")
     refresh = RefreshTokens(store, Revocations(store))
     now = time.time()
@@ -358,12 +362,16 @@ def idbroker_bodies(issuer: str, workdir: Path, refresh_count: int, *,
     store.put("session-person", "sid-0", {"person": "p-0", "identity": _identity(0)}, 36000)
     store.close()
     keys = KeyRing(workdir / "keys")
-    subject = keys.sign({"iss": issuer, "sub": "s-bench", "aud": CLIENT_ID, "client_id": CLIENT_ID,
-                         "azp": CLIENT_ID, "iat": int(now), "exp": int(now) + 3000, "jti": "bench-jti",
-                         "scope": "api.read", "acr": "http://eidas.europa.eu/LoA/substantial",
-                         "auth_time": int(now), "sid": "sid-0", "organisation": "bench-org",
-                         "team": "bench-team", "roles": ["reader"]}, typ="at+jwt")
-    return {"refresh": tokens, "subject": subject}
+
+    def access_token(jti: str) -> str:
+        return keys.sign({"iss": issuer, "sub": "s-bench", "aud": CLIENT_ID, "client_id": CLIENT_ID,
+                          "azp": CLIENT_ID, "iat": int(now), "exp": int(now) + 3000, "jti": jti,
+                          "scope": "api.read", "acr": "http://eidas.europa.eu/LoA/substantial",
+                          "auth_time": int(now), "sid": "sid-0", "organisation": "bench-org",
+                          "team": "bench-team", "roles": ["reader"]}, typ="at+jwt")
+
+    return {"refresh": tokens, "subject": access_token("bench-jti"),
+            "access": [access_token(f"bench-{i}") for i in range(refresh_count)]}
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -420,8 +428,9 @@ def main() -> int:
     print()
     for store in stores or ["sqlite"]:
         server = _label(store)
-        for name in ("refresh", "exchange", "introspection"):
-            ours, theirs = results.get((server, name)), results.get(("oidc-provider", name))
+        for name in ("refresh", "exchange", "introspection", "introspection-new"):
+            peer_name = "introspection" if name == "introspection-new" else name
+            ours, theirs = results.get((server, name)), results.get(("oidc-provider", peer_name))
             if ours and theirs:
                 print(f"ratio {server} / oidc-provider, {name}: {ours.rps / theirs.rps:.2f}")
             else:
@@ -473,8 +482,10 @@ def run_idbroker(workdir: Path, store: str, refresh_count: int, generator: Any, 
         introspection = discovery.get("introspection_endpoint")
         if introspection:
             path = urllib.parse.urlsplit(introspection).path
-            ours["introspection"] = (path, [urllib.parse.urlencode({"token": minted["subject"]})])  # type: ignore[dict-item]
-        for name in ("refresh", "exchange", "introspection"):
+            ours["introspection"] = (path, [urllib.parse.urlencode({"token": minted["subject"]})])
+            ours["introspection-new"] = (path, [urllib.parse.urlencode({"token": token})
+                                                for token in minted["access"]])
+        for name in ("refresh", "exchange", "introspection", "introspection-new"):
             if name not in ours:
                 report(server, name, "idbroker grant not available yet (no introspection_endpoint)")
                 continue
@@ -484,7 +495,7 @@ def run_idbroker(workdir: Path, store: str, refresh_count: int, generator: Any, 
                 report(server, name, f"idbroker grant not available yet (answered {status} "
                                      f"{answer.get('error', answer.get('active'))})")
                 continue
-            run_bodies = bodies[:-1] if name == "refresh" else bodies
+            run_bodies = bodies[:-1] if name in ("refresh", "introspection-new") else bodies
             results[(server, name)] = generator(issuer, path, run_bodies, duration=args.duration,
                                                 connections=args.connections, workdir=workdir)
             rss = peak_rss_mib(pid) + (peak_rss_mib(redis_pid) if redis_pid else 0)

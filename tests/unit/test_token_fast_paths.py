@@ -8,6 +8,7 @@ reuse; audit value checks remember clean values only. Store tests run on SQLite 
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -56,6 +57,28 @@ def test_verify_still_refuses_what_it_refused(tmp_path: Path) -> None:
                                      algorithms=["none"])
     with pytest.raises(TokenInvalid):
         ring.verify(unsigned)
+
+
+def test_a_remembered_signature_check_holds_for_the_same_bytes_type_and_key_only(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path / "keys", retire_grace=0)
+    token = ring.sign({"iss": "x", "roles": ["a"]}, typ="at+jwt")
+    claims = ring.verify(token, typ="at+jwt")  # checked, and remembered
+    claims["roles"].append("admin")  # what a caller does with its copy changes nothing
+    assert ring.verify(token, typ="at+jwt") == {"iss": "x", "roles": ["a"]}
+    with pytest.raises(TokenInvalid, match="unexpected token type"):
+        ring.verify(token, typ="logout+jwt")
+    header, payload, signature = token.split(".")
+    with pytest.raises(TokenInvalid, match="does not verify"):
+        ring.verify(f"{header}.{payload}.{signature[:-4]}AAAA")
+    forged_payload = jws.extract_compact(ring.sign({"iss": "x", "roles": ["admin"]}).encode()).payload
+    swapped = base64.urlsafe_b64encode(forged_payload).rstrip(b"=").decode()
+    with pytest.raises(TokenInvalid, match="does not verify"):
+        ring.verify(f"{header}.{swapped}.{signature}")
+    # A rotation that drops the key (no grace) forgets what that key vouched for.
+    KeyRing(tmp_path / "keys", retire_grace=0).rotate(now=int(time.time()) + 10)
+    time.sleep(1.05)  # the once-a-second look at the key file is due
+    with pytest.raises(TokenInvalid, match="unknown key id"):
+        ring.verify(token, typ="at+jwt")
 
 
 # --- revocation lookups in one round trip -------------------------------------------------------
