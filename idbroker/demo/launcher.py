@@ -174,6 +174,7 @@ def run_demo(*, port: int, policies: Path, state_dir: Path) -> int:
           flush=True)
     from idbroker.config import load_settings
 
-    settings = load_settings(environ={}, overrides={"issuer": base_url})
+    # Four threads are plenty for one person clicking (granian warns above 2 x cores + 1).
+    settings = load_settings(environ={}, overrides={"issuer": base_url, "server.threads": 4})
     # One process: the demo IdPs keep their sessions in memory.
     return serve_forever(settings, bind=f"127.0.0.1:{port}", workers=1, app=chain.app)
