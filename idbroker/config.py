@@ -67,8 +67,8 @@ class HttpSettings(_Section):
 
 class ServerSettings(_Section):
     bind: str = "127.0.0.1:8080"
-    workers: int = Field(2, ge=1, le=64)
-    threads: int = Field(8, ge=1, le=256)
+    workers: int = Field(2, ge=1, le=64, description="worker processes (granian)")
+    threads: int = Field(8, ge=1, le=256, description="threads per worker process")
     access_log: bool = Field(True, description="one line per request on stdout (costs ~15% throughput)")
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -39,9 +40,6 @@ PATHS = {"/token": "token", "/introspect": "introspection", "/revoke": "revocati
 #: Token requests are small; a private_key_jwt assertion or a subject token is a few KiB.
 MAX_BODY = 64 * 1024
 _FORM = "application/x-www-form-urlencoded"
-_REASONS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
-            405: "405 Method Not Allowed", 413: "413 Content Too Large", 500: "500 Internal Server Error",
-            503: "503 Service Unavailable"}
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -175,7 +173,7 @@ class TokenEndpoints:
         if "pragma" not in names:
             out.append(("Pragma", "no-cache"))
         out += [*self._security, ("Content-Length", str(len(data)))]
-        start_response(_REASONS.get(status, f"{status} Error"), out)
+        start_response(f"{status} {HTTPStatus(status).phrase}", out)
         return [data]
 
 
