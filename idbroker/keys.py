@@ -17,6 +17,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class KeyRing:
         self._by_kid: dict[str, SigningKey] = {}
         self._public_jwks: dict[str, Any] = {"keys": []}
         #: SHA-256 of a token -> (the key that verified it, its header, its payload).
-        self._verified: dict[bytes, tuple[SigningKey, dict[str, Any], bytes]] = {}
+        self._verified: OrderedDict[bytes, tuple[SigningKey, dict[str, Any], bytes]] = OrderedDict()
         self.secrets = self._load_secrets()
         self._ensure_keys()
         self._reload()
@@ -128,7 +129,7 @@ class KeyRing:
         A resource server introspects, and a chain application exchanges, the same access
         token many times in its few minutes of life; an ES256 check costs ~160 µs here. So
         a token whose signature was checked is remembered by its SHA-256 (never in clear,
-        a bounded table per process) together with the key that checked it: a later call
+        the newest 4,096 per process) together with the key that checked it: a later call
         with the very same bytes skips the curve arithmetic, and only while that key is
         still loaded unchanged (a rotation that drops or reloads it forgets the token)."""
         try:
@@ -165,9 +166,12 @@ class KeyRing:
             raise TokenInvalid("signature does not verify") from exc
         if not isinstance(claims, dict):
             raise TokenInvalid("the payload is not a JSON object")
-        if len(self._verified) >= _VERIFIED_MAX:
-            self._verified.clear()
         self._verified[digest] = (key, dict(header), signed.payload or b"")
+        while len(self._verified) > _VERIFIED_MAX:
+            try:
+                self._verified.popitem(last=False)  # the oldest first: it expires first
+            except KeyError:  # emptied by another thread meanwhile
+                break
         return claims
 
     def public_jwks(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ reuse; audit value checks remember clean values only. Store tests run on SQLite 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from pathlib import Path
 
@@ -79,6 +80,21 @@ def test_a_remembered_signature_check_holds_for_the_same_bytes_type_and_key_only
     time.sleep(1.05)  # the once-a-second look at the key file is due
     with pytest.raises(TokenInvalid, match="unknown key id"):
         ring.verify(token, typ="at+jwt")
+
+
+def test_the_remembered_checks_are_bounded_and_the_oldest_go_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from idbroker import keys as keys_module
+
+    monkeypatch.setattr(keys_module, "_VERIFIED_MAX", 8)
+    ring = KeyRing(tmp_path / "keys")
+    tokens = [ring.sign({"jti": f"t-{i}"}, typ="at+jwt") for i in range(20)]
+    for token in tokens:
+        ring.verify(token, typ="at+jwt")
+    remembered = ring._verified  # memory per process stays bounded under any number of tokens
+    assert len(remembered) == 8
+    assert list(remembered) == [hashlib.sha256(t.encode()).digest() for t in tokens[-8:]]
+    assert [ring.verify(t, typ="at+jwt")["jti"] for t in tokens[:2]] == ["t-0", "t-1"]  # checked again
 
 
 # --- revocation lookups in one round trip -------------------------------------------------------
