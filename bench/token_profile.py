@@ -22,7 +22,6 @@ import argparse
 import collections
 import cProfile
 import functools
-import gc
 import io
 import pstats
 import sys
@@ -116,8 +115,6 @@ def main() -> int:
             config = token_bench.write_config(workdir, issuer=issuer, bind="127.0.0.1:9", store_url=store_url)
             settings = load_settings(config)
             app = create_app(settings)
-            gc.collect()
-            gc.freeze()  # as `idbroker serve` does before its workers fork
             minted = token_bench.idbroker_bodies(issuer, workdir, args.requests + 1, store_url=store_url)
             client = app.test_client()
             headers = {"Authorization": token_bench.BASIC,

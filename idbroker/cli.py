@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import sys
@@ -113,13 +112,6 @@ def serve_forever(settings: Settings, *, bind: str | None = None, workers: int |
     from idbroker.app import create_app
 
     application = app if app is not None else create_app(settings)
-    # What the start built (policy, SAML schemas, metadata, templates) lives as long as the
-    # process: move it out of the cyclic garbage collector's sight before the workers fork,
-    # as Python's documentation advises for pre-fork servers. Otherwise every full
-    # collection walks that whole heap again: measured, a quarter of an exchange's CPU
-    # (bench/token_bench.py). Reference counting still frees what the start leaves behind.
-    gc.collect()
-    gc.freeze()
     host, _, port = (bind or settings.server.bind).rpartition(":")
     server = Granian(
         "idbroker.app:create_app",  # a label only: the loader below hands over the built app
