@@ -29,7 +29,7 @@ from typing import Any
 
 from idbroker.audit.chain import GENESIS, INDEXED, AuditRecord, ChainHead
 from idbroker.audit.log import AuditUnavailable, ChainedLog, CutRefused, RawEntry
-from idbroker.store.group_commit import GroupCommit, Ticket
+from idbroker.store.group_commit import GroupCommit, Ticket, write_transaction
 from idbroker.store.sqlite import MEMORY, create_private_file
 
 PAGE = 1000
@@ -220,30 +220,12 @@ class SqliteAuditLog(ChainedLog):
 
     @contextmanager
     def _transaction(self, *, sync: str = "FULL", locked: bool = False) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: the write lock first, so the head read is the head.
-        ``sync="NORMAL"`` skips this commit's fsync; the next FULL commit syncs the WAL up to
-        and including it (the WAL is written in order). ``locked``: the caller holds the lock."""
-        with self._db(locked=locked) as db:
-            if sync != "FULL":
-                db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        try:
-                            db.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            self._drop_connection()
-                    raise
-            finally:
-                if sync != "FULL" and self._conn is db:
-                    try:
-                        db.execute("PRAGMA synchronous = FULL")
-                    except sqlite3.Error:
-                        self._drop_connection()  # never left behind in NORMAL
+        """The write lock first (BEGIN IMMEDIATE), so the head read is the head; see
+        :func:`~idbroker.store.group_commit.write_transaction` for ``sync="NORMAL"``.
+        ``locked``: the caller holds the lock."""
+        with self._db(locked=locked) as db, write_transaction(db, durable=sync == "FULL",
+                                                              drop=self._drop_connection):
+            yield db
 
     @contextmanager
     def _db(self, *, locked: bool = False) -> Iterator[sqlite3.Connection]:

@@ -17,8 +17,10 @@ error, before SQLite does anything) fails only its own caller.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -100,3 +102,35 @@ class GroupCommit:
                 error = self._unavailable(f"the write was not committed: {problem!r}")
                 error.__cause__ = problem
                 queued.fail(error)
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection, *, durable: bool, drop: Callable[[], None]) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``db``, rolled back if the body raises.
+
+    ``durable=False``: this one commit runs with ``synchronous=NORMAL`` (no fsync; the next
+    durable commit's WAL fsync covers it, the WAL being written in order), and the
+    connection goes back to ``FULL`` afterwards. A connection that can neither roll back
+    nor go back to ``FULL`` is dropped (``drop``), so it is never left in either state."""
+    dropped = False
+    if not durable:
+        db.execute("PRAGMA synchronous = NORMAL")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    drop()
+                    dropped = True
+            raise
+    finally:
+        if not durable and not dropped:
+            try:
+                db.execute("PRAGMA synchronous = FULL")
+            except sqlite3.Error:
+                drop()

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from idbroker.store.base import StoreUnavailable, check_namespace, decode_value, encode_value
-from idbroker.store.group_commit import GroupCommit, Ticket
+from idbroker.store.group_commit import GroupCommit, Ticket, write_transaction
 
 T = TypeVar("T")
 
@@ -232,10 +232,7 @@ class SqliteStore:
         outcomes: list[tuple[bool, Any]] = []
         try:
             db = self._connection()
-            if not full:
-                db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with write_transaction(db, durable=full, drop=self._drop_connection):
                 for ticket in batch:
                     try:
                         outcomes.append((True, ticket.work(db)))
@@ -244,20 +241,6 @@ class SqliteStore:
                         # caller, refused before SQLite ran anything, not an outage.
                         outcomes.append((False, exc))
                 self._maybe_purge(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        self._drop_connection()
-                raise
-            finally:
-                if not full and self._conn is db:
-                    try:
-                        db.execute("PRAGMA synchronous = FULL")
-                    except sqlite3.Error:
-                        self._drop_connection()  # never left behind in NORMAL
         except (sqlite3.DatabaseError, OSError) as exc:
             self._drop_connection()
             for ticket in batch:
