@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis_server import running_redis_server
+from tests.support.stores import store, store_factory  # noqa: F401  (fixtures for every layer)
 
 
 @pytest.fixture(scope="session")

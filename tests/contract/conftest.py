@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import socket
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from idbroker.store import Store
 from idbroker.store.sqlite import SqliteStore
-from tests.support.redis_server import running_redis_server
-
-StoreFactory = Callable[[], Store]
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real redis-server for the whole session; tests keep apart by key prefix."""
-    with running_redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Makes new, independent store objects over the same data; picklable for subprocesses."""
-    if request.param == "sqlite":
-        return functools.partial(SqliteStore, tmp_path / "store.sqlite3")
-    from idbroker.store.redis import RedisStore
-
-    url = request.getfixturevalue("redis_url")
-    return functools.partial(RedisStore, url, prefix=f"test-{uuid.uuid4().hex}")
-
-
-@pytest.fixture
-def store(store_factory: StoreFactory) -> Iterator[Store]:
-    """A store object of the current backend, closed after the test."""
-    opened = store_factory()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(params=["sqlite-parent-is-a-file", "sqlite-not-a-database", "redis-closed-port"])

@@ -1,25 +1,17 @@
 """Fixtures for the token-domain tests: each runs against SQLite and a real redis-server.
 
-Import the fixtures into a test module (``from tests.support.token_domain import ...``);
-``store_factory`` makes independent store objects over the same data, which is what two
-broker instances are.
+Import the ``chain`` fixture into a test module (``chain = token_domain.chain``); the
+``store`` and ``store_factory`` fixtures come from ``tests/conftest.py`` for every layer.
 """
 
 from __future__ import annotations
 
-import functools
 import textwrap
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from idbroker.policy import Policy, load_policy
-from idbroker.store import Store
-from idbroker.store.sqlite import SqliteStore
-
-StoreFactory = Callable[[], Store]
 
 #: A small chain: a portal that may exchange towards the case system, the case system
 #: (a partnership system with an API resource), a high-level API nobody may exchange towards.
@@ -104,20 +96,3 @@ def write_chain(directory: Path, text: str = CHAIN) -> Path:
 @pytest.fixture
 def chain(tmp_path: Path) -> Policy:
     return load_policy(write_chain(tmp_path / "policies"))
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    if request.param == "sqlite":
-        return functools.partial(SqliteStore, tmp_path / "store.sqlite3")
-    from idbroker.store.redis import RedisStore
-
-    url = request.getfixturevalue("redis_url")
-    return functools.partial(RedisStore, url, prefix=f"test-{uuid.uuid4().hex}")
-
-
-@pytest.fixture
-def store(store_factory: StoreFactory) -> Iterator[Store]:
-    opened = store_factory()
-    yield opened
-    opened.close()

@@ -30,8 +30,6 @@ from tests.support import token_domain
 from tests.support.token_domain import CHAIN, write_chain
 
 chain = token_domain.chain
-store = token_domain.store
-store_factory = token_domain.store_factory  # fixtures, run against SQLite and Redis
 ISSUER = "https://idbroker.example"
 NOW = time.time()
 SUBSTANTIAL = Level.SUBSTANTIAL.acr

@@ -18,11 +18,9 @@ from idbroker.policy import Policy
 from idbroker.store import Store
 from idbroker.tokens import InactiveToken, Revocations, TokenError, introspect, verify_access_token
 from tests.support import token_domain
-from tests.support.token_domain import StoreFactory
+from tests.support.stores import StoreFactory
 
 chain = token_domain.chain
-store = token_domain.store
-store_factory = token_domain.store_factory  # fixtures, run against SQLite and Redis
 ISSUER = "https://idbroker.example"
 NOW = time.time()
 

@@ -15,11 +15,8 @@ import pytest
 
 from idbroker.store import Store, secret_key
 from idbroker.tokens import IDLE_TIMEOUT, RefreshGrant, RefreshReuse, RefreshTokens, Revocations, TokenError
-from tests.support import token_domain
-from tests.support.token_domain import StoreFactory
+from tests.support.stores import StoreFactory
 
-store = token_domain.store
-store_factory = token_domain.store_factory  # fixtures, run against SQLite and Redis
 NOW = time.time()
 ABSOLUTE = NOW + 36000
 
