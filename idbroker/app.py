@@ -13,9 +13,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from idbroker.audit import AuditUnavailable
 from idbroker.broker import Broker
 from idbroker.config import Settings
-from idbroker.oidc.token_endpoints import TokenEndpoints
+from idbroker.oidc.token_endpoints import TokenEndpoints, unavailable
 from idbroker.store import StoreUnavailable
-from idbroker.web import audit_context, error_page, security_headers
+from idbroker.web import audit_context, error_page, security_header_pairs, security_headers
 
 log = logging.getLogger("idbroker")
 
@@ -64,7 +64,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     the_broker.provider.audit_context = audit_context
     # The token endpoints answer before Flask (idbroker.oidc.token_endpoints says why), behind
     # the same proxy handling as every page.
-    token_endpoints = TokenEndpoints(the_broker.provider.token_server, app.wsgi_app, settings)
+    token_endpoints = TokenEndpoints(the_broker.provider.token_server, app.wsgi_app,
+                                     security_header_pairs(settings.secure_cookies))
     app.wsgi_app = TrustedProxies(token_endpoints, settings.http.trusted_proxies)  # type: ignore[method-assign]
 
     from idbroker.login.views import bp as login_bp
@@ -81,11 +82,9 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     def store_unavailable(error: StoreUnavailable | AuditUnavailable) -> Response:
         # Fail closed: without the store, or without a record in the audit trail, nothing is
         # issued, and people are told plainly.
-        what = "audit trail" if isinstance(error, AuditUnavailable) else "store"
-        log.error("%s unavailable: %s", what, error)
+        answer = unavailable(error)
         if _wants_json():
-            response = jsonify(error="temporarily_unavailable",
-                               error_description=f"The broker cannot reach its {what}.")
+            response = jsonify(answer)
             response.status_code = 503
             response.headers["Cache-Control"] = "no-store"
             response.headers["Retry-After"] = "30"

@@ -180,9 +180,14 @@ def security_headers(response: Response) -> Response:
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", PAGE_CSP)
         headers.setdefault("Cache-Control", "no-store")
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("X-Frame-Options", "DENY")
-    if broker().settings.secure_cookies:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    for name, value in security_header_pairs(broker().settings.secure_cookies):
+        headers.setdefault(name, value)
     return response
+
+
+def security_header_pairs(secure: bool) -> list[tuple[str, str]]:
+    """What every answer carries, pages and JSON alike (also the token endpoints, which
+    answer before Flask); ``secure``: served over https, so HSTS too."""
+    pairs = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+             ("X-Frame-Options", "DENY")]
+    return [*pairs, ("Strict-Transport-Security", "max-age=31536000")] if secure else pairs

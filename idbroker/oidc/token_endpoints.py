@@ -29,7 +29,6 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
-from idbroker.config import Settings
 from idbroker.oidc.provider import refusal_recorded
 from idbroker.store import StoreUnavailable
 
@@ -96,14 +95,13 @@ class FormRequest(OAuth2Request):
 class TokenEndpoints:
     """WSGI: answers the token endpoints with ``server``, hands every other path to ``app``."""
 
-    def __init__(self, server: Any, app: WSGIApp, settings: Settings) -> None:
+    def __init__(self, server: Any, app: WSGIApp, security_headers: list[tuple[str, str]]) -> None:
+        """``security_headers``: what every answer of the broker carries
+        (:func:`idbroker.web.security_header_pairs`)."""
         self.server = server
         self.app = app
         self.provider = server.provider
-        extra = [("Strict-Transport-Security", "max-age=31536000")] if settings.secure_cookies else []
-        #: What web.security_headers adds to every JSON answer, once instead of per request.
-        self._security = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
-                          ("X-Frame-Options", "DENY"), *extra]
+        self._security = security_headers
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         endpoint = PATHS.get(environ.get("PATH_INFO", ""))
@@ -117,12 +115,7 @@ class TokenEndpoints:
         try:
             status, body, headers = self._answer(endpoint, environ)
         except (StoreUnavailable, AuditUnavailable) as error:
-            # Fail closed, as the Flask app does: nothing is issued without store and trail.
-            what = "audit trail" if isinstance(error, AuditUnavailable) else "store"
-            log.error("%s unavailable: %s", what, error)
-            status, headers = 503, [("Retry-After", "30")]
-            body = {"error": "temporarily_unavailable",
-                    "error_description": f"The broker cannot reach its {what}."}
+            status, body, headers = 503, unavailable(error), [("Retry-After", "30")]
         except Exception:
             log.exception("unexpected error")
             status, body, headers = 500, {"error": "server_error",
@@ -175,6 +168,14 @@ class TokenEndpoints:
         out += [*self._security, ("Content-Length", str(len(data)))]
         start_response(f"{status} {HTTPStatus(status).phrase}", out)
         return [data]
+
+
+def unavailable(error: StoreUnavailable | AuditUnavailable) -> dict[str, str]:
+    """Fail closed: logged, and the RFC 6749 answer for a client (nothing is issued without
+    store and audit trail); the Flask app answers its JSON endpoints with it too."""
+    what = "audit trail" if isinstance(error, AuditUnavailable) else "store"
+    log.error("%s unavailable: %s", what, error)
+    return {"error": "temporarily_unavailable", "error_description": f"The broker cannot reach its {what}."}
 
 
 def _headers(environ: dict[str, Any]) -> dict[str, str]:

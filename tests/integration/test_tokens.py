@@ -376,3 +376,23 @@ def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
     answer = _assert_json_answer(broken, 500, "server_error")
     assert "secret-looking" not in broken.text and set(answer) == {"error", "error_description"}
     assert "a bug, with a secret-looking detail" in caplog.text  # the trace is in the log only
+
+
+@pytest.mark.parametrize("cookie_secure", ["always", "never"])
+def test_pages_and_token_endpoints_carry_the_same_security_headers(tmp_path: Path, cookie_secure: str
+                                                                   ) -> None:
+    """HSTS goes with https (cookie_secure), on the Flask pages and the token endpoints alike."""
+    from idbroker.config import load_settings
+
+    repo = Path(__file__).resolve().parents[2]
+    settings = load_settings(environ={}, overrides={
+        "issuer": "http://127.0.0.1:9", "policies_dir": str(repo / "policies"),
+        "keys_dir": str(tmp_path / "keys"), "store.url": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "session.cookie_secure": cookie_secure})
+    client = create_app(settings).test_client()
+    page = client.get("/jwks.json")
+    token = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": "x"})
+    assert (page.status_code, token.status_code) == (200, 401)
+    names = ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options", "Strict-Transport-Security")
+    assert [page.headers.get(name) for name in names] == [token.headers.get(name) for name in names]
+    assert ("Strict-Transport-Security" in token.headers) == (cookie_secure == "always")
