@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from idbroker.store.base import Store, StoreUnavailable, secret_key
+from idbroker.store.base import Spent, Store, StoreUnavailable, secret_key
 from idbroker.store.sqlite import SqliteStore
 
-__all__ = ["Store", "StoreUnavailable", "open_store", "secret_key"]
+__all__ = ["Spent", "Store", "StoreUnavailable", "open_store", "secret_key"]
 
 _SQLITE = "sqlite:///"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")

@@ -24,11 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
 class StoreUnavailable(RuntimeError):
     """The backend cannot be reached or written: the broker must fail closed."""
+
+
+class Spent(NamedTuple):
+    """The mark :meth:`Store.swap` leaves under the predecessor's key: where, what, how long."""
+
+    namespace: str
+    value: Mapping[str, Any]
+    ttl: float | None
 
 
 @runtime_checkable
@@ -56,10 +64,15 @@ class Store(Protocol):
         ``MGET``; SQLite: one query): for checks that need several entries at once."""
 
     def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
-             ttl: float | None) -> None:
+             ttl: float | None, *, spent: Spent | None = None) -> bool:
         """Atomically ``put(namespace, new_key, value, ttl)`` and ``delete(namespace,
         old_key)``: a successor replaces its predecessor (a rotated refresh token), in one
-        round trip and, on SQLite, one durable commit."""
+        round trip and, on SQLite, one durable commit.
+
+        ``spent``: in the same atomic step, first ``add(spent.namespace, old_key,
+        spent.value, spent.ttl)``, the mark that the predecessor was used. If that mark
+        exists already, someone else spent the predecessor first: nothing at all is
+        written and the answer is False. True when the swap was made."""
 
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""

@@ -34,7 +34,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from idbroker.store.base import StoreUnavailable, check_namespace, decode_value, encode_value
+from idbroker.store.base import Spent, StoreUnavailable, check_namespace, decode_value, encode_value
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -46,6 +46,25 @@ if count == 1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return count
+"""
+
+# KEYS: successor, predecessor[, spent mark]; ARGV: value, PX ('' = none)[, mark, its PX].
+# With a mark: SET NX it first, and write nothing at all if it was there (spent before).
+_SWAP_SCRIPT = """
+local function set(key, value, px, nx)
+    local args = {key, value}
+    if px ~= '' then table.insert(args, 'PX'); table.insert(args, px) end
+    if nx then table.insert(args, 'NX') end
+    return redis.call('SET', unpack(args))
+end
+if KEYS[3] and not set(KEYS[3], ARGV[3], ARGV[4], true) then
+    return 0
+end
+set(KEYS[1], ARGV[1], ARGV[2], false)
+if KEYS[2] ~= KEYS[1] then
+    redis.call('DEL', KEYS[2])
+end
+return 1
 """
 
 _UNAVAILABLE = (
@@ -123,6 +142,11 @@ def _milliseconds(ttl: float) -> int:
     return max(1, round(ttl * 1000))
 
 
+def _px_argument(ttl: float | None) -> str:
+    """A script's ``PX`` argument: the milliseconds, or ``''`` for an entry that never expires."""
+    return "" if ttl is None else str(_milliseconds(ttl))
+
+
 class RedisStore:
     """:class:`~idbroker.store.base.Store` on Redis; connects lazily, on first use."""
 
@@ -147,6 +171,7 @@ class RedisStore:
         else:
             self._client = Redis.from_url(url, **_connection_options())
         self._incr = self._client.register_script(_INCR_SCRIPT)
+        self._swap = self._client.register_script(_SWAP_SCRIPT)
 
     def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
             durable: bool = True) -> None:
@@ -181,15 +206,16 @@ class RedisStore:
         return [None if data is None else decode_value(data) for data in values]
 
     def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
-             ttl: float | None) -> None:
-        """``MULTI SET DEL EXEC``: the successor in and the predecessor out, atomically."""
+             ttl: float | None, *, spent: Spent | None = None) -> bool:
+        """One script (atomic in Redis): with ``spent``, ``SET NX`` its mark first and stop
+        if the mark was there; then ``SET`` the successor and ``DEL`` the predecessor."""
         new, old, data = self._name(namespace, new_key), self._name(namespace, old_key), encode_value(value)
+        keys, args = [new, old], [data, _px_argument(ttl)]
+        if spent is not None:
+            keys.append(self._name(spent.namespace, old_key))
+            args += [encode_value(spent.value), _px_argument(spent.ttl)]
         with _available():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.set(new, data, px=None if ttl is None else _milliseconds(ttl))
-            if old != new:
-                pipe.delete(old)
-            pipe.execute()
+            return bool(self._swap(keys=keys, args=args))
 
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """``GETDEL``: of concurrent callers at most one gets the value."""

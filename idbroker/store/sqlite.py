@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from idbroker.store.base import StoreUnavailable, check_namespace, decode_value, encode_value
+from idbroker.store.base import Spent, StoreUnavailable, check_namespace, decode_value, encode_value
 from idbroker.store.group_commit import GroupCommit, Ticket, write_transaction
 
 T = TypeVar("T")
@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS entries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL;
 """
+
+
+#: Create only if absent or expired (``add``): exactly one row changed when this call created it.
+_ADD = ("INSERT INTO entries VALUES (:ns, :key, :value, :exp)"
+        " ON CONFLICT (namespace, key) DO UPDATE"
+        " SET value = excluded.value, expires_at = excluded.expires_at"
+        " WHERE entries.expires_at <= :now")
 
 
 class SqliteStore:
@@ -97,13 +104,7 @@ class SqliteStore:
             durable: bool = True) -> bool:
         """Create only if absent or expired, atomically. True if this call created it."""
         params = self._row(namespace, key, value, ttl)
-        return self._write(lambda db: db.execute(
-            "INSERT INTO entries VALUES (:ns, :key, :value, :exp)"
-            " ON CONFLICT (namespace, key) DO UPDATE"
-            " SET value = excluded.value, expires_at = excluded.expires_at"
-            " WHERE entries.expires_at <= :now",
-            params,
-        ).rowcount == 1, durable)
+        return self._write(lambda db: db.execute(_ADD, params).rowcount == 1, durable)
 
     def get(self, namespace: str, key: str) -> dict[str, Any] | None:
         """The live value, or None when absent or expired."""
@@ -131,17 +132,22 @@ class SqliteStore:
                 for namespace, key in items]
 
     def swap(self, namespace: str, old_key: str, new_key: str, value: Mapping[str, Any],
-             ttl: float | None) -> None:
-        """Put ``new_key`` and delete ``old_key`` in one transaction (one commit)."""
+             ttl: float | None, *, spent: Spent | None = None) -> bool:
+        """Put ``new_key`` and delete ``old_key`` in one transaction (one commit); with
+        ``spent``, only if that mark of ``old_key`` could be added in it too."""
         params = self._row(namespace, new_key, value, ttl)
         params["old"] = old_key
+        mark = None if spent is None else self._row(spent.namespace, old_key, spent.value, spent.ttl)
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: sqlite3.Connection) -> bool:
+            if mark is not None and db.execute(_ADD, mark).rowcount != 1:
+                return False
             db.execute("INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params)
             if old_key != new_key:
                 db.execute("DELETE FROM entries WHERE namespace = :ns AND key = :old", params)
+            return True
 
-        self._write(work, True)
+        return self._write(work, True)
 
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""

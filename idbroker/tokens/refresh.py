@@ -5,9 +5,9 @@ next token of the family and retires the presented one; a retired token that com
 means two parties hold the family's tokens, so the whole family is revoked (OAuth 2.0
 Security BCP §4.14.2) and :class:`RefreshReuse` carries the family id for the audit.
 
-Who wins a race is decided by the store's atomic ``add`` on the presented token's hash in
-``refresh-used``: of two concurrent rotations of one token exactly one creates the marker
-and gets the next token; the other is reuse. The marker stays until the family's absolute
+Who wins a race is decided by the store's atomic ``swap`` that marks the presented token's
+hash as spent in ``refresh-used``: of two concurrent rotations of one token exactly one
+creates the marker and gets the next token; the other is reuse. The marker stays until the family's absolute
 expiry, so a replay long after the rotation is still recognised.
 
 Limits: a token expires after ``idle_timeout`` without use (6 hours, NL GOV Assurance
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from idbroker.store import Store, secret_key
+from idbroker.store import Spent, Store, secret_key
 from idbroker.tokens.errors import INVALID_GRANT, RefreshReuse, TokenError
 from idbroker.tokens.revocation import Revocations
 
@@ -99,7 +99,9 @@ class RefreshTokens:
             organisation=organisation, team=team, level=level, amr=tuple(amr), auth_time=int(auth_time),
             scope=scope, audience=audience, absolute_expires_at=int(absolute_expires_at),
             identity=dict(identity or {}), issued_at=int(now), generation=0)
-        return self._store_next(grant, now), grant
+        token, ttl = self._next_token(grant, now)
+        self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
+        return token, grant
 
     def rotate(self, token: str, client_id: str, now: float | None = None, *,
                check: Callable[[RefreshGrant], None] | None = None) -> tuple[str, RefreshGrant]:
@@ -109,8 +111,8 @@ class RefreshTokens:
         (left untouched: presenting it does not burn it), a revoked family or session, a
         token idle for longer than :attr:`idle_timeout`, a family past its absolute expiry.
         A token already rotated raises :class:`RefreshReuse` after revoking its family.
-        ``check`` (the policy re-evaluation) runs once the token is won; if it raises, the
-        family is revoked and the exception propagates.
+        ``check`` (the policy re-evaluation) runs before the token is spent; if it raises,
+        the family is revoked, the token dropped, and the exception propagates.
         """
         now = time.time() if now is None else now
         key = secret_key(token)
@@ -132,14 +134,6 @@ class RefreshTokens:
             raise TokenError(INVALID_GRANT, "the login has reached its absolute limit; log in again")
         if now >= grant.issued_at + self.idle_timeout:
             raise TokenError(INVALID_GRANT, "the refresh token expired unused")
-        # The race is decided here. A loser only revokes the family after this ``add`` of the
-        # winner, so the winner's revocation check above cannot have seen that revocation.
-        # Durability: the marker is not synced on its own; the durable ``swap`` below syncs
-        # it too (one fsync per rotation on SQLite), before the new token leaves.
-        marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
-        if not self.store.add(_USED, key, marker, self._ttl(grant, now) + self.revocations.leeway,
-                              durable=False):
-            raise self._reuse(grant.family, grant.absolute_expires_at, now)
         if check is not None:
             try:
                 check(grant)
@@ -149,9 +143,16 @@ class RefreshTokens:
                 self.store.delete(_TOKENS, key)
                 raise
         successor = replace(grant, issued_at=int(now), generation=grant.generation + 1)
-        # The successor in and the presented token out, atomically and durably (on SQLite
-        # this commit's fsync also covers the marker above) before the new token leaves.
-        new_token = self._store_next(successor, now, replacing=key)
+        # The race is decided by this one atomic, durable write (one fsync on SQLite), made
+        # before the new token leaves: the "used" marker on the presented token, the
+        # successor in, the presented token out. Of two rotations of one token exactly one
+        # makes it; the other finds the marker and is reuse. A loser revokes the family only
+        # after the winner's write, so the winner's revocation check above has not seen it.
+        marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
+        spent = Spent(_USED, marker, self._ttl(grant, now) + self.revocations.leeway)
+        new_token, ttl = self._next_token(successor, now)
+        if not self.store.swap(_TOKENS, key, secret_key(new_token), successor.to_record(), ttl, spent=spent):
+            raise self._reuse(grant.family, grant.absolute_expires_at, now)
         return new_token, successor
 
     def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
@@ -182,14 +183,10 @@ class RefreshTokens:
     def _ttl(self, grant: RefreshGrant, now: float) -> float:
         return max(1.0, grant.absolute_expires_at - now)
 
-    def _store_next(self, grant: RefreshGrant, now: float, *, replacing: str | None = None) -> str:
-        token = secrets.token_urlsafe(32)
+    def _next_token(self, grant: RefreshGrant, now: float) -> tuple[str, float]:
+        """A new token of ``grant``'s family, and how long it may then live unused."""
         ttl = max(1.0, min(grant.issued_at + self.idle_timeout, grant.absolute_expires_at) - now)
-        if replacing is None:
-            self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
-        else:
-            self.store.swap(_TOKENS, replacing, secret_key(token), grant.to_record(), ttl)
-        return token
+        return secrets.token_urlsafe(32), ttl
 
     def _reuse(self, family: str, until: float, now: float) -> RefreshReuse:
         self.revocations.revoke_family(family, until, reason="reuse", now=now)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from idbroker.store import Store, StoreUnavailable
+from idbroker.store import Spent, Store, StoreUnavailable
 from idbroker.store.sqlite import SqliteStore
 
 NS = "contract"
@@ -298,6 +298,47 @@ def test_swap_expires_the_successor(store: Store) -> None:
     assert store.get(NS, "new") is None
 
 
+def test_a_swap_that_spends_its_predecessor_is_made_once_and_a_second_writes_nothing(
+    store_factory: Callable[[], Store],
+) -> None:
+    store = store_factory()
+    store.put(NS, "old", {"generation": 0}, ttl=60)
+    assert store.swap(NS, "old", "new", {"generation": 1}, ttl=60,
+                      spent=Spent("spent", {"by": "first"}, ttl=60)) is True
+    assert store.swap(NS, "old", "other", {"generation": 1}, ttl=60,
+                      spent=Spent("spent", {"by": "second"}, ttl=60)) is False
+    store.close()
+    fresh = store_factory()
+    try:
+        assert fresh.get_many([(NS, "old"), (NS, "new"), (NS, "other"), ("spent", "old")]) == [
+            None, {"generation": 1}, None, {"by": "first"}]
+    finally:
+        fresh.close()
+
+
+def test_a_spent_mark_that_expired_no_longer_stops_a_swap(store: Store) -> None:
+    assert store.swap(NS, "old", "new", {"v": 1}, ttl=60, spent=Spent("spent", {"v": 1}, ttl=TTL))
+    time.sleep(PAST_TTL)
+    assert store.swap(NS, "old", "newer", {"v": 2}, ttl=None, spent=Spent("spent", {"v": 2}, ttl=None))
+    assert store.get_many([(NS, "newer"), ("spent", "old")]) == [{"v": 2}, {"v": 2}]
+
+
+def test_concurrent_swaps_that_spend_one_predecessor_have_exactly_one_winner(store: Store) -> None:
+    store.put(NS, "old", {"generation": 0}, ttl=60)
+
+    def swap() -> tuple[bool, str]:
+        mine = uuid.uuid4().hex
+        made = store.swap(NS, "old", mine, {"by": mine}, ttl=60, spent=Spent("spent", {"by": mine}, ttl=60))
+        return made, mine
+
+    results = race(16, swap)
+    winners = [mine for made, mine in results if made]
+    assert len(winners) == 1
+    assert store.get("spent", "old") == {"by": winners[0]}
+    assert store.get_many([(NS, mine) for _, mine in results]) == [
+        {"by": mine} if mine in winners else None for _, mine in results]
+
+
 def test_writes_that_are_not_durable_are_seen_at_once_and_kept(store_factory: Callable[[], Store]) -> None:
     """``durable=False`` only defers the sync to the caller's next durable write: the write
     itself is made, atomic and visible like any other."""
@@ -351,6 +392,7 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "incr": lambda s: s.incr(NS, "k", 60),
     "get_many": lambda s: s.get_many([(NS, "k"), (NS, "j")]),
     "swap": lambda s: s.swap(NS, "k", "j", {"v": 1}, 60),
+    "swap (spent)": lambda s: s.swap(NS, "k", "j", {"v": 1}, 60, spent=Spent("spent", {"v": 1}, 60)),
     "put (not durable)": lambda s: s.put(NS, "k", {"v": 1}, 60, durable=False),
 }
 
