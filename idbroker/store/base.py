@@ -43,17 +43,10 @@ class Spent(NamedTuple):
 class Store(Protocol):
     """Namespaced JSON key/value store whose entries expire by themselves."""
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> None:
-        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never).
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
+        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
 
-        ``durable=False`` (also on ``add`` and ``delete``): the caller makes a durable
-        write to this store before anything leaves, and that one may carry this write's
-        sync too (SQLite: one WAL fsync instead of several). The write is made and
-        visible at once either way; only a power cut before that later write may lose it."""
-
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> bool:
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
         """Create only if absent, atomically. True if this call created it."""
 
     def get(self, namespace: str, key: str) -> dict[str, Any] | None:
@@ -77,7 +70,7 @@ class Store(Protocol):
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""
 
-    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
+    def delete(self, namespace: str, key: str) -> None:
         """Remove if present; absent is not an error."""
 
     def touch(self, namespace: str, key: str, ttl: float) -> bool:

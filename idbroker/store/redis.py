@@ -173,16 +173,13 @@ class RedisStore:
         self._incr = self._client.register_script(_INCR_SCRIPT)
         self._swap = self._client.register_script(_SWAP_SCRIPT)
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> None:
-        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never).
-        ``durable`` changes nothing here: Redis persists by its own configuration."""
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
+        """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
         name, data = self._name(namespace, key), encode_value(value)
         with _available():
             self._client.set(name, data, px=None if ttl is None else _milliseconds(ttl))
 
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> bool:
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
         """``SET NX``: create only if absent, atomically. True if this call created it."""
         name, data = self._name(namespace, key), encode_value(value)
         with _available():
@@ -224,7 +221,7 @@ class RedisStore:
             data = self._client.getdel(name)
         return None if data is None else decode_value(data)
 
-    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
+    def delete(self, namespace: str, key: str) -> None:
         """Remove if present; absent is not an error."""
         name = self._name(namespace, key)
         with _available():

@@ -4,20 +4,17 @@ Several threads and several processes (server workers) share the file safely:
 
 * WAL mode lets readers run beside the one writer, and ``busy_timeout`` makes a
   writer wait for the lock instead of failing at once.
-* Every operation is ONE SQL statement, so ``take`` (``DELETE ... RETURNING``),
-  ``add`` and ``incr`` (``INSERT ... ON CONFLICT``) are atomic across processes.
+* Every operation is ONE SQL statement (``swap``: its few in one transaction), so
+  ``take`` (``DELETE ... RETURNING``), ``add`` and ``incr`` (``INSERT ... ON
+  CONFLICT``) are atomic across processes.
   Writes run inside ``BEGIN IMMEDIATE`` (the database write lock); writes from
   several threads that queue up meanwhile share one transaction and one commit
   (group commit, :mod:`idbroker.store.group_commit`), each call returning only
   once its own statement is committed.
-* Durability: ``synchronous=FULL`` in WAL mode, so a write has been fsynced when
-  the call returns, and survives a power cut, not only a crash of the broker.
-  ``durable=False`` (``put``/``add``/``delete``) is for a write that the same
-  caller follows with a durable one before anything leaves (refresh rotation:
-  marker, next token, then the old token's removal): it commits with ``NORMAL``,
-  and the next durable commit's fsync of the WAL covers it, as the WAL is written
-  in order. Such a write is visible at once but, like every write, nothing is
-  handed out on it before that fsync.
+* Durability: ``synchronous=FULL`` in WAL mode, so every write has been fsynced
+  when the call returns, and survives a power cut, not only a crash of the broker.
+  Where the broker needs several changes at once (a refresh rotation), one call
+  makes them in one transaction, so they cost one fsync (``swap``).
 * Each store object has one writing and one reading connection per process
   (WAL: readers never wait for the writer), each used under its lock; a
   connection is never carried across ``fork()`` (SQLite forbids it): a child
@@ -93,18 +90,16 @@ class SqliteStore:
         """The database file (or ``":memory:"``)."""
         return self._path
 
-    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> None:
+    def put(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
         """Create or replace; the entry disappears after ``ttl`` seconds (``None``: never)."""
         params = self._row(namespace, key, value, ttl)
         self._write(lambda db: db.execute(
-            "INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params) and None, durable)
+            "INSERT OR REPLACE INTO entries VALUES (:ns, :key, :value, :exp)", params) and None)
 
-    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None, *,
-            durable: bool = True) -> bool:
+    def add(self, namespace: str, key: str, value: Mapping[str, Any], ttl: float | None) -> bool:
         """Create only if absent or expired, atomically. True if this call created it."""
         params = self._row(namespace, key, value, ttl)
-        return self._write(lambda db: db.execute(_ADD, params).rowcount == 1, durable)
+        return self._write(lambda db: db.execute(_ADD, params).rowcount == 1)
 
     def get(self, namespace: str, key: str) -> dict[str, Any] | None:
         """The live value, or None when absent or expired."""
@@ -147,7 +142,7 @@ class SqliteStore:
                 db.execute("DELETE FROM entries WHERE namespace = :ns AND key = :old", params)
             return True
 
-        return self._write(work, True)
+        return self._write(work)
 
     def take(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Atomically read and delete: of concurrent callers at most one gets the value."""
@@ -155,17 +150,17 @@ class SqliteStore:
         rows = self._write(lambda db: db.execute(
             "DELETE FROM entries WHERE namespace = :ns AND key = :key RETURNING value, expires_at",
             params,
-        ).fetchall(), True)
+        ).fetchall())
         if not rows:
             return None
         value, expires_at = rows[0]
         return decode_value(value) if expires_at is None or expires_at > params["now"] else None
 
-    def delete(self, namespace: str, key: str, *, durable: bool = True) -> None:
+    def delete(self, namespace: str, key: str) -> None:
         """Remove if present; absent is not an error."""
         params = self._where(namespace, key)
         self._write(lambda db: db.execute(
-            "DELETE FROM entries WHERE namespace = :ns AND key = :key", params) and None, durable)
+            "DELETE FROM entries WHERE namespace = :ns AND key = :key", params) and None)
 
     def touch(self, namespace: str, key: str, ttl: float) -> bool:
         """Give a live entry a new expiry ``ttl`` seconds from now. False if absent."""
@@ -176,7 +171,7 @@ class SqliteStore:
             " WHERE namespace = :ns AND key = :key"
             " AND (expires_at IS NULL OR expires_at > :now)",
             params,
-        ).rowcount == 1, True)
+        ).rowcount == 1)
 
     def incr(self, namespace: str, key: str, ttl: float) -> int:
         """Atomically add one; a new (or expired) counter starts at 1 and expires after ``ttl``."""
@@ -192,7 +187,7 @@ class SqliteStore:
             "   THEN expires_at ELSE excluded.expires_at END"
             " RETURNING value",
             params,
-        ).fetchall(), True)
+        ).fetchall())
         return int(rows[0][0])
 
     def ping(self) -> None:
@@ -222,23 +217,21 @@ class SqliteStore:
 
     # -- writing: group commit -------------------------------------------------------------
 
-    def _write(self, work: Callable[[sqlite3.Connection], T], durable: bool) -> T:
-        """Run one write statement; return once it is committed (``durable``: fsynced).
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run one write; return once it is committed and fsynced.
 
         Writers from several threads that arrive while a commit is in progress are committed
         together by one transaction (:mod:`idbroker.store.group_commit`): one fsync for all
         of them instead of one each, and every caller still returns only after its own
         statement is durable."""
-        return self._group.submit(work, self._run_batch, durable=durable)
+        return self._group.submit(work, self._run_batch)
 
     def _run_batch(self, batch: list[Ticket[Any]]) -> None:
-        """One transaction for the batch: ``synchronous=FULL`` when any of its writes must
-        be durable (the WAL fsync covers every write before it too), else ``NORMAL``."""
-        full = any(ticket.durable for ticket in batch)
+        """One transaction, one commit (one WAL fsync) for the batch."""
         outcomes: list[tuple[bool, Any]] = []
         try:
             db = self._connection()
-            with write_transaction(db, durable=full, drop=self._drop_connection):
+            with write_transaction(db, durable=True, drop=self._drop_connection):
                 for ticket in batch:
                     try:
                         outcomes.append((True, ticket.work(db)))

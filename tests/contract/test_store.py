@@ -260,7 +260,7 @@ def test_incr_window_is_fixed_not_sliding(store: Store) -> None:
     assert store.incr(NS, "hits", TTL) == 1, "the window slid: it restarted from the 2nd incr"
 
 
-# --- get_many, swap, durable=False: fewer round trips and fsyncs ------------------------------
+# --- get_many and swap: fewer round trips and fsyncs ------------------------------------------
 
 
 def test_get_many_answers_like_separate_gets_in_the_order_asked(store: Store) -> None:
@@ -339,23 +339,6 @@ def test_concurrent_swaps_that_spend_one_predecessor_have_exactly_one_winner(sto
         {"by": mine} if mine in winners else None for _, mine in results]
 
 
-def test_writes_that_are_not_durable_are_seen_at_once_and_kept(store_factory: Callable[[], Store]) -> None:
-    """``durable=False`` only defers the sync to the caller's next durable write: the write
-    itself is made, atomic and visible like any other."""
-    store = store_factory()
-    assert store.add(NS, "marker", {"v": 1}, ttl=60, durable=False) is True
-    assert store.add(NS, "marker", {"v": 2}, ttl=60, durable=False) is False
-    store.put(NS, "k", {"v": 1}, ttl=60, durable=False)
-    store.put(NS, "gone", {"v": 1}, ttl=60)
-    store.delete(NS, "gone", durable=False)
-    other = store_factory()
-    try:
-        assert other.get_many([(NS, "marker"), (NS, "k"), (NS, "gone")]) == [{"v": 1}, {"v": 1}, None]
-    finally:
-        other.close()
-        store.close()
-
-
 def test_concurrent_writers_each_get_their_own_answer(store: Store) -> None:
     """Group commit (SQLite) runs writers that queue up together in one transaction: each
     still gets the answer of its own statement."""
@@ -366,7 +349,7 @@ def test_concurrent_writers_each_get_their_own_answer(store: Store) -> None:
         with lock:
             mine = next(counter)
         store.put(NS, f"k-{mine}", {"by": mine}, ttl=60)
-        won = store.add(NS, "only-one", {"by": mine}, ttl=60, durable=mine % 2 == 0)
+        won = store.add(NS, "only-one", {"by": mine}, ttl=60)
         again = store.add(NS, f"k-{mine}", {"by": -1}, ttl=60)
         return mine, won, again, store.incr(NS, "count", 60)
 
@@ -393,7 +376,6 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "get_many": lambda s: s.get_many([(NS, "k"), (NS, "j")]),
     "swap": lambda s: s.swap(NS, "k", "j", {"v": 1}, 60),
     "swap (spent)": lambda s: s.swap(NS, "k", "j", {"v": 1}, 60, spent=Spent("spent", {"v": 1}, 60)),
-    "put (not durable)": lambda s: s.put(NS, "k", {"v": 1}, 60, durable=False),
 }
 
 
@@ -500,7 +482,7 @@ def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alon
         threads = [threading.Thread(target=call, args=(name, write)) for name, write in {
             "put": lambda: store.put(NS, "a", {"v": 1}, 60),
             "bad": lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60),  # type: ignore[arg-type]
-            "add": lambda: store.add(NS, "b", {"v": 2}, 60, durable=False),
+            "add": lambda: store.add(NS, "b", {"v": 2}, 60),
             "take": lambda: store.take(NS, "warm"),
         }.items()]
         for thread in threads:
@@ -547,12 +529,11 @@ def _outcome(call: Callable[[], object]) -> object:
         return exc
 
 
-def test_sqlite_commits_durably_and_a_deferred_sync_never_stays_behind(tmp_path: Path) -> None:
-    """``synchronous=FULL`` (2) on the writing connection, also right after a write that
-    was committed with ``NORMAL`` (``durable=False``)."""
+def test_sqlite_commits_durably(tmp_path: Path) -> None:
+    """``synchronous=FULL`` (2) in WAL mode on the writing connection: a write returns fsynced."""
     store = SqliteStore(tmp_path / "store.sqlite3")
     try:
-        store.put(NS, "k", {"v": 1}, ttl=60, durable=False)
+        store.put(NS, "k", {"v": 1}, ttl=60)
         assert store._connection().execute("PRAGMA synchronous").fetchone() == (2,)
         assert store._connection().execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
