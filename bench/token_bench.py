@@ -27,7 +27,8 @@ throw-away config, policy, key directory and store: a SQLite file (the audit tra
 ``*-audit.sqlite3`` file beside it, every token's event fsynced before it leaves), and/or a
 throw-away ``redis-server`` (no persistence) pinned to the broker's core, holding the store
 and the audit trail. idbroker's access log is off unless ``--access-log``, as the peer writes
-none (it costs ~15 %). Where the time goes: ``bench/token_profile.py``. refresh tokens are minted with
+none (it costs ~15 %). Where the time goes: ``bench/token_profile.py`` (per step) and
+``bench/token_ablation.py`` (one part switched off). Refresh tokens are minted with
 ``idbroker.tokens.RefreshTokens`` in that store and subject tokens signed with its keys. Until
 the token endpoint serves a grant, the script prints "idbroker grant not available yet" for it.
 """
@@ -306,14 +307,16 @@ def wait_for_port(port: int, process: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def idbroker(workdir: Path, store_url: str, threads: int, *,
-             access_log: bool = False) -> Iterator[tuple[int, str, Path]]:
+def idbroker(workdir: Path, store_url: str, threads: int, *, access_log: bool = False,
+             env: dict[str, str] | None = None) -> Iterator[tuple[int, str, Path]]:
+    """``idbroker serve`` on a throw-away config; ``env``: added to the server's environment."""
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     config = write_config(workdir, issuer=issuer, bind=f"127.0.0.1:{port}", store_url=store_url,
                           threads=threads, access_log=access_log)
     process = subprocess.Popen([*pinned(SERVER_CORE), str(ROOT / ".venv" / "bin" / "idbroker"), "--config",
-                                str(config), "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                str(config), "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, **(env or {})})
     try:
         wait_for_port(port, process)
         yield process.pid, issuer, workdir

@@ -1,0 +1,142 @@
+"""What one part of a token request costs: idbroker against itself with that part switched off.
+
+    .venv/bin/python bench/token_ablation.py [--scenario refresh|exchange] [--rounds 3]
+                                             [--duration 6] [--part NAME ...]
+
+A measurement that breaks the broker on purpose, never a setting. The server is
+``idbroker serve`` as in ``bench/token_bench.py`` (SQLite store and audit trail in a
+throw-away directory, one core, ``wrk`` on the other). For each part named, it is started
+with a ``sitecustomize`` on its ``PYTHONPATH`` that replaces that part by nothing, and the
+script checks the replacement was loaded. Each round runs the unchanged server ("as is")
+and then each part, because this machine's speed drifts by up to ±30 % from one run to the
+next: compare within a round.
+
+Parts:
+
+- ``audit``: no audit event at all (``ChainedLog.record`` does nothing);
+- ``audit-write``: the event is built and sealed, but its SQLite transaction is skipped;
+- ``store-swap``: a refresh rotation's store write is skipped (each request in the run has
+  a token of its own, so nothing depends on it);
+- ``static``: the token endpoints read the body and answer a fixed JSON document: what
+  the HTTP server and the WSGI plumbing cost.
+
+Per run: req/s, p50, and the server's CPU time (user + system, from ``/proc``, the main
+process and its worker) per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import urllib.parse
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import token_bench
+
+#: Part -> the body of the server's sitecustomize that switches it off.
+PATCHES = {
+    "audit": """
+        from idbroker.audit.log import ChainedLog
+        ChainedLog.record = lambda self, event, *, durable=True: None
+    """,
+    "audit-write": """
+        from idbroker.audit.chain import GENESIS
+        from idbroker.audit.sqlite_log import SqliteAuditLog
+        SqliteAuditLog._append = lambda self, build, *, durable: build(GENESIS)
+    """,
+    "store-swap": """
+        from idbroker.store.sqlite import SqliteStore
+        SqliteStore.swap = lambda self, *args, **kwargs: True
+    """,
+    "static": """
+        from idbroker.oidc.token_endpoints import TokenEndpoints
+        _BODY = b'{"access_token":"' + b"x" * 600 + b'","token_type":"Bearer","expires_in":300}'
+        def _static(self, environ, start_response):
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(_BODY))), *self._security])
+            return [_BODY]
+        TokenEndpoints.__call__ = _static
+    """,
+}
+#: Written by every sitecustomize once its patch is in: proof that the server ran it.
+_APPLIED = "TOKEN_ABLATION_APPLIED"  # not IDBROKER_*: those are settings
+
+
+def sitecustomize(directory: Path, part: str) -> dict[str, str]:
+    """The server environment that switches ``part`` off (a sitecustomize in ``directory``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / "applied"
+    (directory / "sitecustomize.py").write_text(
+        textwrap.dedent(PATCHES[part])
+        + f"\nimport os as _os\nopen(_os.environ[{_APPLIED!r}], 'w').close()\n")
+    python_path = os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": python_path, _APPLIED: str(marker)}
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its children (granian's worker)."""
+    ticks = 0
+    for candidate in [pid, *token_bench.children(pid)]:
+        try:
+            fields = Path(f"/proc/{candidate}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Namespace) -> str:
+    """One server, one ``wrk`` run: the report line."""
+    workdir.mkdir()
+    env = sitecustomize(workdir / "patch", part) if part else None
+    store_url = f"sqlite:///{workdir / 'store.sqlite3'}"
+    count = int(args.duration * 4000) if scenario == "refresh" else 2  # refresh: a token a request
+    with token_bench.idbroker(workdir, store_url, args.threads, env=env) as (pid, issuer, _):
+        if env is not None and not Path(env[_APPLIED]).exists():
+            sys.exit(f"the server did not load the patch for {part!r}: nothing measured")
+        minted = token_bench.idbroker_bodies(issuer, workdir, count, store_url=store_url)
+        path, bodies = token_bench.scenarios(minted, other_resource="https://other-api.bench.example")[scenario]
+        status, answer = token_bench.post(issuer, path, dict(urllib.parse.parse_qsl(bodies[-1])))
+        if status != 200:
+            sys.exit(f"{part or 'as is'}: the probe {scenario} answered {status} {answer.get('error')}")
+        run_bodies = bodies[:-1] if scenario == "refresh" else bodies
+        generator = token_bench.run_wrk if shutil.which("wrk") else token_bench.run_python
+        before = server_cpu_seconds(pid)
+        result = generator(issuer, path, run_bodies, duration=args.duration, connections=args.connections,
+                           workdir=workdir)
+        spent = server_cpu_seconds(pid) - before
+    per_request = spent / max(1, result.requests) * 1e6
+    return (f"{part or 'as is':<12} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+            f"server CPU {per_request:6.0f} us/request  non-2xx {result.errors}/{result.requests}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("refresh", "exchange"), default="exchange")
+    parser.add_argument("--part", action="append", choices=sorted(PATCHES),
+                        help="a part to switch off (repeatable; default: audit-write and audit)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    parts = args.part or ["audit-write", "audit"]
+    print(f"{args.scenario} on SQLite, {args.duration:.0f} s per run, {args.rounds} rounds; "
+          "each part switched off in the server process only")
+    with tempfile.TemporaryDirectory(prefix="token-ablation-") as tmp:
+        for number in range(1, args.rounds + 1):
+            print(f"round {number}")
+            for index, part in enumerate([None, *parts]):
+                print("  " + run_once(Path(tmp) / f"{number}-{index}", args.scenario, part, args), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
