@@ -4,14 +4,16 @@
 // in), plus introspection of opaque access tokens (it keeps no state for JWT ones).
 //
 //   npm ci --prefix bench        # once: installs the versions pinned in bench/package-lock.json
-//   taskset -c 0 node bench/oidc_provider_peer.mjs PORT REFRESH_COUNT
+//   [PEER_REDIS_URL=redis://127.0.0.1:6379/0] taskset -c 0 node bench/oidc_provider_peer.mjs PORT REFRESH_COUNT
 //
 // On start it mints REFRESH_COUNT refresh tokens (one grant each), one subject token for the
 // exchange and one opaque token for introspection, then prints one JSON line with them and
-// serves until killed. Storage is in memory (MapAdapter below; the idbroker side uses its
-// real store, which only makes the comparison harder for idbroker).
+// serves until killed. Storage is in memory (MapAdapter below), or in Redis when
+// PEER_REDIS_URL is set (RedisAdapter below: what a deployment of several instances needs,
+// the state shared like idbroker's Redis store; idbroker also writes its audit trail there).
 import * as crypto from 'node:crypto';
 
+import { Redis } from 'ioredis';
 import * as jose from 'jose';
 import Provider from 'oidc-provider';
 
@@ -80,6 +82,69 @@ class MapAdapter {
   }
 }
 
+// Each model instance as JSON under oidc:NAME:ID with its expiry; a list per grant of the
+// keys issued under it (revokeByGrantId); uid and userCode point at their session / code.
+const redisUrl = process.env.PEER_REDIS_URL;
+const redis = redisUrl ? new Redis(redisUrl) : null;
+redis?.defineCommand('consumeEntry', {
+  numberOfKeys: 1,
+  lua: `local value = redis.call('GET', KEYS[1])
+if value then
+  local entry = cjson.decode(value)
+  entry.consumed = tonumber(ARGV[1])
+  redis.call('SET', KEYS[1], cjson.encode(entry), 'KEEPTTL')
+end
+return 0`,
+});
+redis?.defineCommand('revokeGrant', {
+  numberOfKeys: 1,
+  lua: `for _, key in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do redis.call('DEL', key) end
+redis.call('DEL', KEYS[1])
+return 0`,
+});
+
+class RedisAdapter {
+  constructor(name) { this.name = name; }
+
+  key(id) { return `oidc:${this.name}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    const key = this.key(id);
+    const write = redis.multi();
+    if (expiresIn) write.set(key, JSON.stringify(payload), 'EX', expiresIn);
+    else write.set(key, JSON.stringify(payload));
+    for (const [field, value] of [['grant', payload.grantId], ['uid', payload.uid], ['userCode', payload.userCode]]) {
+      if (!value) continue;
+      const index = `oidc:${field}:${value}`;
+      if (field === 'grant') write.rpush(index, key);
+      else write.set(index, id);
+      if (expiresIn) write.expire(index, expiresIn);
+    }
+    await write.exec();
+  }
+
+  async find(id) {
+    const value = await redis.get(this.key(id));
+    return value ? JSON.parse(value) : undefined;
+  }
+
+  async findByUid(uid) {
+    const id = await redis.get(`oidc:uid:${uid}`);
+    return id ? this.find(id) : undefined;
+  }
+
+  async findByUserCode(code) {
+    const id = await redis.get(`oidc:userCode:${code}`);
+    return id ? this.find(id) : undefined;
+  }
+
+  async consume(id) { await redis.consumeEntry(this.key(id), Math.floor(Date.now() / 1000)); }
+
+  async destroy(id) { await redis.del(this.key(id)); }
+
+  async revokeByGrantId(grantId) { await redis.revokeGrant(`oidc:grant:${grantId}`); }
+}
+
 const provider = new Provider(issuer, {
   clients: [{
     client_id: 'bench', client_secret: 'bench-secret', token_endpoint_auth_method: 'client_secret_basic',
@@ -87,7 +152,7 @@ const provider = new Provider(issuer, {
     redirect_uris: ['https://rp.bench.example/cb'], scope: 'openid offline_access',
     id_token_signed_response_alg: 'ES256',
   }],
-  adapter: MapAdapter,
+  adapter: redis ? RedisAdapter : MapAdapter,
   jwks: { keys: [jwk] },
   findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   features: {

@@ -2,7 +2,8 @@
 
     npm ci --prefix bench                       # once: the peer, pinned in bench/package-lock.json
     .venv/bin/python bench/token_bench.py [--duration 5] [--connections 16] [--store sqlite|redis|both]
-                                          [--threads 8] [--access-log] [--no-idbroker | --no-peer]
+                                          [--peer-store memory|redis|both] [--threads 8]
+                                          [--access-log] [--no-idbroker | --no-peer]
 
 Each server runs on one core (``taskset -c 0``), the load generator on the other (``-c 1``):
 ``wrk`` (Debian package ``wrk``) when installed, else a Python keep-alive generator in this
@@ -21,6 +22,11 @@ Scenarios (ES256-signed RFC 9068 access tokens throughout, client_secret_basic):
   a lookup; idbroker introspects its JWTs and remembers a signature it checked),
 - ``introspection-new`` (idbroker only, its ratio against the peer's ``introspection``): each
   request a token never seen before, so every one costs a full ES256 signature check.
+
+The peer keeps its grants and tokens in memory (the reference the goal is set against), or
+with ``--peer-store redis`` in a throw-away ``redis-server`` on its core (an adapter in
+``bench/oidc_provider_peer.mjs``): shared state, as several instances of it need and as
+idbroker's Redis store gives; each idbroker store is then compared with each peer.
 
 The idbroker side is served by ``idbroker serve`` (granian, one worker process with a thread pool) on a
 throw-away config, policy, key directory and store: a SQLite file (the audit trail in the
@@ -222,13 +228,15 @@ def run_python(url: str, path: str, bodies: list[str], *, duration: float, conne
 
 
 @contextmanager
-def oidc_provider(refresh_count: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    if not (ROOT / "bench" / "node_modules" / "oidc-provider").is_dir():
-        sys.exit("oidc-provider is not installed: run `npm ci --prefix bench` first")
+def oidc_provider(refresh_count: int, redis_url: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The peer; ``redis_url``: its grants and tokens in that Redis (else in its memory)."""
+    if not (ROOT / "bench" / "node_modules" / "ioredis").is_dir():
+        sys.exit("the peer is not installed: run `npm ci --prefix bench` first")
     port = free_port()
+    env = {**os.environ, **({"PEER_REDIS_URL": redis_url} if redis_url else {})}
     process = subprocess.Popen([*pinned(SERVER_CORE), "node", str(ROOT / "bench" / "oidc_provider_peer.mjs"),
                                 str(port), str(refresh_count)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+                               stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         assert process.stdout is not None
         minted = json.loads(process.stdout.readline())
@@ -393,10 +401,10 @@ def scenarios(minted: dict[str, Any], *, other_resource: str) -> dict[str, tuple
 
 def report(server: str, name: str, result: Result | str, rss: float | None = None) -> None:
     if isinstance(result, str):
-        print(f"{server:<14} {name:<19} {result}")
+        print(f"{server:<19} {name:<19} {result}")
         return
     memory = f"  peak RSS {rss:6.1f} MiB" if rss is not None else ""
-    print(f"{server:<14} {name:<19} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+    print(f"{server:<19} {name:<19} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
           f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.errors}/{result.requests}{memory}")
 
 
@@ -408,6 +416,9 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="measure idbroker only (no ratio)")
     parser.add_argument("--store", choices=("sqlite", "redis", "both"), default="both",
                         help="idbroker's store (and audit trail): a SQLite file, or a redis-server")
+    parser.add_argument("--peer-store", choices=("memory", "redis", "both"), default="memory",
+                        help="the peer's grants and tokens: in its memory (the reference), or in a "
+                             "redis-server like idbroker's Redis store (several instances need one)")
     parser.add_argument("--threads", type=int, default=8,
                         help="server.threads: the worker's thread pool (one worker)")
     parser.add_argument("--access-log", action="store_true",
@@ -423,27 +434,41 @@ def main() -> int:
     results: dict[tuple[str, str], Result] = {}
     with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
         workdir = Path(tmp)
-        if not args.no_peer:
-            measure_peer(refresh_count, generator, args, results, workdir)
+        peer_stores = [] if args.no_peer else ["memory", "redis"] if args.peer_store == "both" \
+            else [args.peer_store]
+        for peer_store in peer_stores:
+            measure_peer(refresh_count, generator, args, results, workdir, peer_store)
         stores = [] if args.no_idbroker else ["sqlite", "redis"] if args.store == "both" else [args.store]
         for store in stores:
             run_idbroker(workdir, store, refresh_count, generator, args, results)
     print()
-    for store in stores or ["sqlite"]:
-        server = _label(store)
-        for name in ("refresh", "exchange", "introspection", "introspection-new"):
-            peer_name = "introspection" if name == "introspection-new" else name
-            ours, theirs = results.get((server, name)), results.get(("oidc-provider", peer_name))
-            if ours and theirs:
-                print(f"ratio {server} / oidc-provider, {name}: {ours.rps / theirs.rps:.2f}")
-            else:
-                print(f"ratio {server} / oidc-provider, {name}: n/a (not measured on both)")
+    for peer in [_peer_label(peer_store) for peer_store in peer_stores or ["memory"]]:
+        for store in stores or ["sqlite"]:
+            server = _label(store)
+            for name in ("refresh", "exchange", "introspection", "introspection-new"):
+                peer_name = "introspection" if name == "introspection-new" else name
+                ours, theirs = results.get((server, name)), results.get((peer, peer_name))
+                if ours and theirs:
+                    print(f"ratio {server} / {peer}, {name}: {ours.rps / theirs.rps:.2f}")
+                else:
+                    print(f"ratio {server} / {peer}, {name}: n/a (not measured on both)")
     return 0
 
 
+def _peer_label(store: str) -> str:
+    return "oidc-provider" if store == "memory" else f"oidc-provider/{store}"
+
+
 def measure_peer(refresh_count: int, generator: Any, args: argparse.Namespace,
-                 results: dict[tuple[str, str], Result], workdir: Path) -> None:
-    with oidc_provider(refresh_count) as (pid, minted):
+                 results: dict[tuple[str, str], Result], workdir: Path, store: str = "memory") -> None:
+    label = _peer_label(store)
+    with ExitStack() as stack:
+        redis_pid, redis_url = None, None
+        if store == "redis":
+            peer_dir = workdir / "peer-redis"
+            peer_dir.mkdir()
+            redis_pid, redis_url = stack.enter_context(redis_server(peer_dir))
+        pid, minted = stack.enter_context(oidc_provider(refresh_count, redis_url))
         base = minted["issuer"]
         peer = scenarios(minted, other_resource="https://other-api.bench.example")
         peer["client_credentials"] = ("/token", [urllib.parse.urlencode(
@@ -454,13 +479,14 @@ def measure_peer(refresh_count: int, generator: Any, args: argparse.Namespace,
             path, bodies = peer[name]
             status, answer = post(base, path, dict(urllib.parse.parse_qsl(bodies[-1])))
             if status != 200:
-                report("oidc-provider", name, f"probe failed: {status} {answer.get('error')}")
+                report(label, name, f"probe failed: {status} {answer.get('error')}")
                 continue
             # The probe used the last refresh token: leave it out of the run.
             run_bodies = bodies[:-1] if name == "refresh" else bodies
-            results[("oidc-provider", name)] = generator(base, path, run_bodies, duration=args.duration,
-                                                         connections=args.connections, workdir=workdir)
-            report("oidc-provider", name, results[("oidc-provider", name)], peak_rss_mib(pid))
+            results[(label, name)] = generator(base, path, run_bodies, duration=args.duration,
+                                               connections=args.connections, workdir=workdir)
+            rss = peak_rss_mib(pid) + (peak_rss_mib(redis_pid) if redis_pid else 0)
+            report(label, name, results[(label, name)], rss)
 
 
 def _label(store: str) -> str:
