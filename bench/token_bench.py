@@ -2,7 +2,8 @@
 
     npm ci --prefix bench                       # once: the peer, pinned in bench/package-lock.json
     .venv/bin/python bench/token_bench.py [--duration 5] [--connections 16] [--store sqlite|redis|both]
-                                          [--peer-store memory|redis|both] [--threads 8]
+                                          [--peer-store memory|redis|redis-fsync|both|all]
+                                          [--threads 8]
                                           [--access-log] [--no-idbroker | --no-peer]
 
 Each server runs on one core (``taskset -c 0``), the load generator on the other (``-c 1``):
@@ -26,7 +27,9 @@ Scenarios (ES256-signed RFC 9068 access tokens throughout, client_secret_basic):
 The peer keeps its grants and tokens in memory (the reference the goal is set against), or
 with ``--peer-store redis`` in a throw-away ``redis-server`` on its core (an adapter in
 ``bench/oidc_provider_peer.mjs``): shared state, as several instances of it need and as
-idbroker's Redis store gives; each idbroker store is then compared with each peer.
+idbroker's Redis store gives; ``redis-fsync`` makes that Redis fsync every write before it
+answers, as durable as idbroker's SQLite commits. Each idbroker store is then compared with
+each peer.
 
 The idbroker side is served by ``idbroker serve`` (granian, one worker process with a thread pool) on a
 throw-away config, policy, key directory and store: a SQLite file (the audit trail in the
@@ -76,6 +79,8 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 CLIENT_ID, CLIENT_SECRET = "bench", "bench-secret"
 BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 SERVER_CORE, LOAD_CORE = "0", "1"
+#: Where the peer keeps its grants and tokens (``--peer-store``).
+PEER_STORES = ("memory", "redis", "redis-fsync")
 #: redis-server shares the broker's core: everything server-side on one core, like the peer.
 REDIS_CORE = SERVER_CORE
 
@@ -334,12 +339,14 @@ def idbroker(workdir: Path, store_url: str, threads: int, *, access_log: bool = 
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[tuple[int, str]]:
-    """A throw-away ``redis-server`` on its own core beside the broker's (no persistence:
-    what the tests run; a deployment's AOF settings are its own)."""
+def redis_server(workdir: Path, *, fsync: bool = False) -> Iterator[tuple[int, str]]:
+    """A throw-away ``redis-server`` on the server's core: no persistence (what the tests
+    run; a deployment's AOF settings are its own), or ``fsync``: every write appended and
+    fsynced before it is answered (``appendfsync always``), as durable as a SQLite commit."""
     port = free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if fsync else ["--appendonly", "no"]
     process = subprocess.Popen([*pinned(REDIS_CORE), "redis-server", "--port", str(port),
-                                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--bind", "127.0.0.1", "--save", "", *persistence,
                                 "--dir", str(workdir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -401,10 +408,10 @@ def scenarios(minted: dict[str, Any], *, other_resource: str) -> dict[str, tuple
 
 def report(server: str, name: str, result: Result | str, rss: float | None = None) -> None:
     if isinstance(result, str):
-        print(f"{server:<19} {name:<19} {result}")
+        print(f"{server:<25} {name:<19} {result}")
         return
     memory = f"  peak RSS {rss:6.1f} MiB" if rss is not None else ""
-    print(f"{server:<19} {name:<19} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+    print(f"{server:<25} {name:<19} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
           f"p99 {result.p99_ms:6.2f} ms  non-2xx {result.errors}/{result.requests}{memory}")
 
 
@@ -416,9 +423,10 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="measure idbroker only (no ratio)")
     parser.add_argument("--store", choices=("sqlite", "redis", "both"), default="both",
                         help="idbroker's store (and audit trail): a SQLite file, or a redis-server")
-    parser.add_argument("--peer-store", choices=("memory", "redis", "both"), default="memory",
-                        help="the peer's grants and tokens: in its memory (the reference), or in a "
-                             "redis-server like idbroker's Redis store (several instances need one)")
+    parser.add_argument("--peer-store", choices=(*PEER_STORES, "both", "all"), default="memory",
+                        help="the peer's grants and tokens: in its memory (the reference), in a "
+                             "redis-server like idbroker's Redis store (several instances need one), "
+                             "or in one that fsyncs every write (redis-fsync); both: memory and redis")
     parser.add_argument("--threads", type=int, default=8,
                         help="server.threads: the worker's thread pool (one worker)")
     parser.add_argument("--access-log", action="store_true",
@@ -434,8 +442,8 @@ def main() -> int:
     results: dict[tuple[str, str], Result] = {}
     with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
         workdir = Path(tmp)
-        peer_stores = [] if args.no_peer else ["memory", "redis"] if args.peer_store == "both" \
-            else [args.peer_store]
+        peer_stores = [] if args.no_peer else {"both": ["memory", "redis"], "all": list(PEER_STORES)}.get(
+            args.peer_store, [args.peer_store])
         for peer_store in peer_stores:
             measure_peer(refresh_count, generator, args, results, workdir, peer_store)
         stores = [] if args.no_idbroker else ["sqlite", "redis"] if args.store == "both" else [args.store]
@@ -464,10 +472,10 @@ def measure_peer(refresh_count: int, generator: Any, args: argparse.Namespace,
     label = _peer_label(store)
     with ExitStack() as stack:
         redis_pid, redis_url = None, None
-        if store == "redis":
-            peer_dir = workdir / "peer-redis"
+        if store != "memory":
+            peer_dir = workdir / f"peer-{store}"
             peer_dir.mkdir()
-            redis_pid, redis_url = stack.enter_context(redis_server(peer_dir))
+            redis_pid, redis_url = stack.enter_context(redis_server(peer_dir, fsync=store == "redis-fsync"))
         pid, minted = stack.enter_context(oidc_provider(refresh_count, redis_url))
         base = minted["issuer"]
         peer = scenarios(minted, other_resource="https://other-api.bench.example")
