@@ -235,8 +235,9 @@ def run_python(url: str, path: str, bodies: list[str], *, duration: float, conne
 @contextmanager
 def oidc_provider(refresh_count: int, redis_url: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """The peer; ``redis_url``: its grants and tokens in that Redis (else in its memory)."""
-    if not (ROOT / "bench" / "node_modules" / "ioredis").is_dir():
-        sys.exit("the peer is not installed: run `npm ci --prefix bench` first")
+    installed = ROOT / "bench" / "node_modules"
+    if not all((installed / package).is_dir() for package in ("oidc-provider", "ioredis")):
+        sys.exit("the peer is not installed (or not all of it): run `npm ci --prefix bench`")
     port = free_port()
     env = {**os.environ, **({"PEER_REDIS_URL": redis_url} if redis_url else {})}
     process = subprocess.Popen([*pinned(SERVER_CORE), "node", str(ROOT / "bench" / "oidc_provider_peer.mjs"),

@@ -142,8 +142,7 @@ class TokenEndpoints:
         try:
             request = FormRequest(_request_uri(environ), _headers(environ), payload)
         except OAuth2Error as error:  # insecure_transport: http to a host that is not local
-            status, body_, headers = error()
-            return status, body_, headers
+            return error()
         if endpoint == "token":
             status, answer, headers = self.server.create_token_response(request)
             if status in (400, 401) and not refusal_recorded.get():  # one record per refusal

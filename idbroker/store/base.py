@@ -10,6 +10,8 @@ with expiry and the few atomic operations the broker's security depends on:
 * ``add``: replay caches (client-assertion ``jti``, SAML response IDs):
   exactly one caller wins.
 * ``incr``: rate-limit counters in a fixed window.
+* ``swap`` with ``spent``: a successor replaces its predecessor only if the
+  predecessor was not spent before (refresh rotation): exactly one caller wins.
 
 Values are JSON objects. Callers never use a secret (code, token) as a key in
 clear: they key by its SHA-256 (see :func:`secret_key`). A namespace is a fixed

@@ -7,8 +7,8 @@ Security BCP §4.14.2) and :class:`RefreshReuse` carries the family id for the a
 
 Who wins a race is decided by the store's atomic ``swap`` that marks the presented token's
 hash as spent in ``refresh-used``: of two concurrent rotations of one token exactly one
-creates the marker and gets the next token; the other is reuse. The marker stays until the family's absolute
-expiry, so a replay long after the rotation is still recognised.
+creates the marker and gets the next token; the other is reuse. The marker stays until the
+family's absolute expiry, so a replay long after the rotation is still recognised.
 
 Limits: a token expires after ``idle_timeout`` without use (6 hours, NL GOV Assurance
 profile) and the family at its absolute expiry, the SSO session's ``absolute_timeout``
