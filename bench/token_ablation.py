@@ -20,8 +20,10 @@ Parts:
 - ``static``: the token endpoints read the body and answer a fixed JSON document: what
   the HTTP server and the WSGI plumbing cost.
 
-Per run: req/s, p50, and the server's CPU time (user + system, from ``/proc``, the main
-process and its worker) per request.
+Per run: req/s, p50, and per request the server's CPU time (user + system, from ``/proc``,
+the main process and its worker) and its context switches (every thread's, voluntary and
+forced: each is a hand-over of the one core, e.g. of the GIL around a SQLite call or an
+fsync, and each costs CPU that no Python profiler shows).
 """
 
 from __future__ import annotations
@@ -92,6 +94,19 @@ def server_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def server_context_switches(pid: int) -> int:
+    """Context switches so far of every thread of ``pid`` and its children."""
+    switches = 0
+    for candidate in [pid, *token_bench.children(pid)]:
+        for status in Path(f"/proc/{candidate}/task").glob("*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except OSError:  # the thread ended meanwhile
+                continue
+            switches += sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)
+    return switches
+
+
 def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Namespace) -> str:
     """One server, one ``wrk`` run: the report line."""
     workdir.mkdir()
@@ -108,13 +123,14 @@ def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Name
             sys.exit(f"{part or 'as is'}: the probe {scenario} answered {status} {answer.get('error')}")
         run_bodies = bodies[:-1] if scenario == "refresh" else bodies
         generator = token_bench.run_wrk if shutil.which("wrk") else token_bench.run_python
-        before = server_cpu_seconds(pid)
+        before, switched = server_cpu_seconds(pid), server_context_switches(pid)
         result = generator(issuer, path, run_bodies, duration=args.duration, connections=args.connections,
                            workdir=workdir)
-        spent = server_cpu_seconds(pid) - before
-    per_request = spent / max(1, result.requests) * 1e6
+        spent, switched = server_cpu_seconds(pid) - before, server_context_switches(pid) - switched
+    requests = max(1, result.requests)
     return (f"{part or 'as is':<12} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-            f"server CPU {per_request:6.0f} us/request  non-2xx {result.errors}/{result.requests}")
+            f"server CPU {spent / requests * 1e6:6.0f} us/request  "
+            f"{switched / requests:5.1f} switches/request  non-2xx {result.errors}/{result.requests}")
 
 
 def main() -> int:
