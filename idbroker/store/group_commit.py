@@ -27,9 +27,12 @@ T = TypeVar("T")
 
 
 class Ticket(Generic[T]):
-    """One writer's work in a batch, and what became of it."""
+    """One writer's work in a batch, and what became of it.
 
-    __slots__ = ("done", "durable", "error", "finished", "result", "work")
+    ``_wake`` is held from the start and released exactly once for a waiting writer: when
+    its batch is done, or when it is to lead the next batch."""
+
+    __slots__ = ("_wake", "done", "durable", "error", "finished", "result", "work")
 
     def __init__(self, work: Callable[[Any], T], durable: bool) -> None:
         self.work = work
@@ -38,6 +41,15 @@ class Ticket(Generic[T]):
         self.finished = False
         self.result: T | None = None
         self.error: BaseException | None = None
+        self._wake = threading.Lock()
+        self._wake.acquire()
+
+    def sleep(self) -> None:
+        """Until :meth:`wake`: its batch is done, or it is to lead the next one."""
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        self._wake.release()
 
     def succeed(self, result: T) -> None:
         self.result, self.error, self.finished = result, None, True
@@ -50,14 +62,17 @@ class GroupCommit:
     """Runs queued writes in batches under ``lock`` (the connection's lock); a ticket its
     batch left unfinished fails with ``unavailable`` (fail closed, never a silent success).
 
-    Waiting writers sleep on a condition, not on ``lock``: when a batch is done they all
-    wake at once, and the next batch can start without first handing ``lock`` to each of
-    them in turn (on one core each such hand-over may wait a whole GIL switch interval)."""
+    Each waiting writer sleeps on its own ticket and is woken once: by the leader that
+    committed its batch, or to lead the next batch itself (the first in the queue). Not a
+    shared condition with ``notify_all``: that woke every waiter after every batch, also
+    those whose write was still queued, and each of them then queued again for the
+    condition's lock and the GIL. On one core every such wake-up is a context switch
+    (``bench/token_ablation.py`` counts them), which cost more CPU than the commit."""
 
     def __init__(self, lock: threading.Lock, unavailable: Callable[[str], BaseException]) -> None:
         self._lock = lock
         self._unavailable = unavailable
-        self._changed = threading.Condition(threading.Lock())
+        self._queue_lock = threading.Lock()
         self._queue: list[Ticket[Any]] = []
         self._leading = False
 
@@ -69,26 +84,35 @@ class GroupCommit:
         ``run_batch`` runs under the lock and finishes each ticket it is given
         (:meth:`Ticket.succeed` / :meth:`Ticket.fail`) once the batch's commit is done."""
         ticket: Ticket[T] = Ticket(work, durable)
-        with self._changed:
+        with self._queue_lock:
             self._queue.append(ticket)
-            while self._leading and not ticket.done:
-                self._changed.wait()
-            if not ticket.done:
-                # No batch is running: this writer runs the next one, its own ticket in it.
-                self._leading = True
-                batch, self._queue = self._queue, []
+            wait = self._leading
+            self._leading = True
+        if wait:
+            ticket.sleep()
         if not ticket.done:
-            try:
-                self._run(batch, run_batch)
-            finally:
-                with self._changed:
-                    for queued in batch:
-                        queued.done = True
-                    self._leading = False
-                    self._changed.notify_all()
+            with self._queue_lock:  # this writer leads: the queue so far, its own ticket first
+                batch, self._queue = self._queue, []
+            self._lead(batch, run_batch)
         if ticket.error is not None:
             raise ticket.error
         return ticket.result  # type: ignore[return-value]
+
+    def _lead(self, batch: list[Ticket[Any]], run_batch: Callable[[list[Ticket[Any]]], None]) -> None:
+        """Run ``batch``, then wake the first writer queued meanwhile to lead the next batch
+        (leadership passes on, so a newcomer never starts a second one), then the rest."""
+        try:
+            self._run(batch, run_batch)
+        finally:
+            with self._queue_lock:
+                for queued in batch:
+                    queued.done = True
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            if successor is not None:
+                successor.wake()
+            for queued in batch[1:]:  # batch[0] is the leader itself: awake
+                queued.wake()
 
     def _run(self, batch: list[Ticket[Any]], run_batch: Callable[[list[Ticket[Any]]], None]) -> None:
         problem: BaseException | None = None

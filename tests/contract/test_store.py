@@ -446,11 +446,26 @@ def test_redis_keys_are_prefixed_and_expire_in_redis(redis_url: str) -> None:
 # --- SQLite: group commit and durability --------------------------------------------------------
 
 
-def _queued(store: SqliteStore, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(store._group._queue) < count:  # white box: the writers wait in one queue
-        assert time.monotonic() < deadline, "writers did not queue up"
-        time.sleep(0.005)
+def _queue_behind_a_busy_connection(store: SqliteStore, first: Callable[[], None],
+                                    rest: list[Callable[[], None]]) -> None:
+    """Run ``first`` (it leads a batch and waits for the connection, held here), then ``rest``
+    (they queue behind it); then free the connection and wait until every writer is done."""
+    threads = [threading.Thread(target=first)]
+    with store._lock:
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not store._group._leading:  # white box: the first writer leads a batch
+            assert time.monotonic() < deadline, "no writer took the lead"
+            time.sleep(0.005)
+        threads += [threading.Thread(target=write) for write in rest]
+        for thread in threads[1:]:
+            thread.start()
+        while len(store._group._queue) < len(rest):  # white box: the others wait in one queue
+            assert time.monotonic() < deadline, "writers did not queue up"
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads), "a writer was never woken"
 
 
 def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
@@ -472,24 +487,13 @@ def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alon
         except Exception as exc:
             outcomes[name] = exc
 
-    with store._lock:  # the connection is busy: a first writer waits, the rest queue behind it
-        first = threading.Thread(target=call, args=("first", lambda: store.put(NS, "first", {"v": 1}, 60)))
-        first.start()
-        deadline = time.monotonic() + 10
-        while not store._group._leading:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        threads = [threading.Thread(target=call, args=(name, write)) for name, write in {
-            "put": lambda: store.put(NS, "a", {"v": 1}, 60),
-            "bad": lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60),  # type: ignore[arg-type]
-            "add": lambda: store.add(NS, "b", {"v": 2}, 60),
-            "take": lambda: store.take(NS, "warm"),
-        }.items()]
-        for thread in threads:
-            thread.start()
-        _queued(store, 4)
-    for thread in [first, *threads]:
-        thread.join(timeout=10)
+    first = lambda: call("first", lambda: store.put(NS, "first", {"v": 1}, 60))  # noqa: E731
+    _queue_behind_a_busy_connection(store, first, [
+        lambda: call("put", lambda: store.put(NS, "a", {"v": 1}, 60)),
+        lambda: call("bad", lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60)),  # type: ignore[arg-type]
+        lambda: call("add", lambda: store.add(NS, "b", {"v": 2}, 60)),
+        lambda: call("take", lambda: store.take(NS, "warm")),
+    ])
     try:
         assert transactions == [1, 4], "the queued writers shared one transaction"
         assert outcomes["first"] is None and outcomes["put"] is None
@@ -518,6 +522,36 @@ def test_sqlite_a_batch_that_cannot_commit_fails_every_writer_in_it_then_recover
             assert db.execute("SELECT key FROM entries").fetchall() == [("before",)]
         store.put(NS, "after", {"v": 1}, ttl=60)  # the next write opens the database again
         assert store.get(NS, "after") == {"v": 1}
+    finally:
+        store.close()
+
+
+def test_sqlite_writers_queued_behind_a_failed_batch_are_committed_by_the_next(tmp_path: Path) -> None:
+    """The batch that fails wakes the first writer queued meanwhile to lead the next one: the
+    writers behind a failure neither hang nor share its failure."""
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    batches: list[int] = []
+    run_batch = store._run_batch
+
+    def failing_once(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        if len(batches) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        run_batch(batch)
+
+    store._run_batch = failing_once  # type: ignore[method-assign]
+    outcomes: dict[str, object] = {}
+
+    def put(name: str) -> None:
+        outcomes[name] = _outcome(lambda: store.put(NS, name, {"v": name}, 60))
+
+    _queue_behind_a_busy_connection(store, lambda: put("first"), [lambda i=i: put(f"k{i}") for i in range(3)])
+    try:
+        assert batches == [1, 3]
+        assert isinstance(outcomes.pop("first"), StoreUnavailable)
+        assert outcomes == {"k0": None, "k1": None, "k2": None}
+        assert store.get_many([(NS, "first"), (NS, "k0"), (NS, "k2")]) == [None, {"v": "k0"}, {"v": "k2"}]
+        assert not store._group._leading and not store._group._queue
     finally:
         store.close()
 
