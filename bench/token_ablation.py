@@ -17,6 +17,9 @@ Parts:
 - ``audit-write``: the event is built and sealed, but its SQLite transaction is skipped;
 - ``store-swap``: a refresh rotation's store write is skipped (each request in the run has
   a token of its own, so nothing depends on it);
+- ``store-fsync`` / ``audit-fsync`` / ``fsync`` (both): the store's / the audit trail's
+  SQLite commits run with ``synchronous=NORMAL``: everything is written as before, only not
+  fsynced. What durability costs, apart from the writes themselves;
 - ``static``: the token endpoints read the body and answer a fixed JSON document: what
   the HTTP server and the WSGI plumbing cost.
 
@@ -56,6 +59,18 @@ PATCHES = {
         from idbroker.store.sqlite import SqliteStore
         SqliteStore.swap = lambda self, *args, **kwargs: True
     """,
+    "store-fsync": """
+        from idbroker.store import sqlite as _sqlite
+        _store_commit = _sqlite.write_transaction
+        _sqlite.write_transaction = lambda db, *, durable, drop: _store_commit(db, durable=False,
+                                                                                drop=drop)
+    """,
+    "audit-fsync": """
+        from idbroker.audit import sqlite_log as _sqlite_log
+        _audit_commit = _sqlite_log.write_transaction
+        _sqlite_log.write_transaction = lambda db, *, durable, drop: _audit_commit(db, durable=False,
+                                                                                    drop=drop)
+    """,
     "static": """
         from idbroker.oidc.token_endpoints import TokenEndpoints
         _BODY = b'{"access_token":"' + b"x" * 600 + b'","token_type":"Bearer","expires_in":300}'
@@ -67,6 +82,8 @@ PATCHES = {
         TokenEndpoints.__call__ = _static
     """,
 }
+#: Both databases commit without their fsync: what durability itself costs.
+PATCHES["fsync"] = PATCHES["store-fsync"] + PATCHES["audit-fsync"]
 #: Written by every sitecustomize once its patch is in: proof that the server ran it.
 _APPLIED = "TOKEN_ABLATION_APPLIED"  # not IDBROKER_*: those are settings
 
