@@ -1,7 +1,7 @@
 """What one part of a token request costs: idbroker against itself with that part switched off.
 
     .venv/bin/python bench/token_ablation.py [--scenario refresh|exchange] [--rounds 3]
-                                             [--duration 6] [--part NAME ...]
+                                             [--duration 6] [--part NAME ...] [--perf]
 
 A measurement that breaks the broker on purpose, never a setting. The server is
 ``idbroker serve`` as in ``bench/token_bench.py`` (SQLite store and audit trail in a
@@ -27,17 +27,32 @@ Per run: req/s, p50, and per request the server's CPU time (user + system, from 
 the main process and its worker) and its context switches (every thread's, voluntary and
 forced: each is a hand-over of the one core, e.g. of the GIL around a SQLite call or an
 fsync, and each costs CPU that no Python profiler shows).
+
+``--perf`` (Linux ``perf``, Debian package ``linux-perf``) also samples the server's worker
+during each run and splits its CPU by where it ran: the Python interpreter (with libc's
+allocator and the C parts of the standard library it calls), SQLite, the signature
+arithmetic, granian (HTTP), and the kernel, there by what for (fsync, futex waits and
+wake-ups, scheduling, file reads and writes, the network). Python profilers see only the
+interpreter's part, and py-spy's ``--gil`` misses threads waiting for the GIL. Sampling
+costs the server a fifth of its rate: compare the shares of ``--perf`` runs, and the rates
+of runs without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,6 +139,55 @@ def server_context_switches(pid: int) -> int:
     return switches
 
 
+#: Shared object (perf's "dso") -> the name it is reported under.
+LIBRARIES = {"libpython": "python", "libc.so": "python", "_json": "python", "_sqlite3": "python",
+             "binascii": "python", "_hashlib": "python", "_datetime": "python",
+             "libsqlite3": "sqlite", "_rust.abi3": "crypto", "libcrypto": "crypto", "_granian": "granian",
+             "[kernel.kallsyms]": "kernel"}
+#: Kernel entry points (perf's "children" share: everything below them) -> what they are for.
+KERNEL_PATHS = {"do_fsync": "fsync", "__x64_sys_futex": "futex", "schedule": "scheduling",
+                "__x64_sys_pwrite64": "file write", "__x64_sys_pread64": "file read",
+                "__x64_sys_epoll_wait": "epoll", "__x64_sys_sendto": "send", "__x64_sys_recvfrom": "receive",
+                "__x64_sys_writev": "send", "__x64_sys_write": "send"}
+
+
+@contextlib.contextmanager
+def perf_recording(pid: int, output: Path) -> Iterator[None]:
+    """``perf record -g`` of every thread of ``pid`` while the body runs."""
+    recorder = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", str(output)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches to each thread before the load starts
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
+
+
+def perf_shares(recording: Path) -> str:
+    """The recording's samples by library, and the kernel's by what for, in percent."""
+    def report(*options: str) -> list[tuple[float, str]]:
+        out = subprocess.run(["perf", "report", "-i", str(recording), "--stdio", "-g", "none", *options],
+                             capture_output=True, text=True, check=True).stdout
+        rows = []
+        for line in out.splitlines():
+            fields = line.split()
+            if fields and fields[0].endswith("%") and not line.startswith("#"):
+                rows.append((float(fields[0].rstrip("%")), fields))
+        return rows
+    libraries: collections.Counter[str] = collections.Counter()
+    for share, fields in report("--no-children", "--sort", "dso"):
+        label = next((label for prefix, label in LIBRARIES.items() if fields[1].startswith(prefix)), "other")
+        libraries[label] += share
+    kernel: collections.Counter[str] = collections.Counter()
+    for _, fields in report("--children", "--sort", "sym"):
+        if len(fields) >= 4 and fields[3] in KERNEL_PATHS:  # children%, self%, [k], symbol
+            kernel[KERNEL_PATHS[fields[3]]] += float(fields[0].rstrip("%"))
+    parts = [f"{label} {share:.0f}%" for label, share in libraries.most_common()]
+    detail = ", ".join(f"{label} {share:.0f}" for label, share in kernel.most_common())
+    return "CPU by library: " + "  ".join(parts) + f"  (kernel, overlapping: {detail})"
+
+
 def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Namespace) -> str:
     """One server, one ``wrk`` run: the report line."""
     workdir.mkdir()
@@ -140,14 +204,18 @@ def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Name
             sys.exit(f"{part or 'as is'}: the probe {scenario} answered {status} {answer.get('error')}")
         run_bodies = bodies[:-1] if scenario == "refresh" else bodies
         generator = token_bench.run_wrk if shutil.which("wrk") else token_bench.run_python
-        before, switched = server_cpu_seconds(pid), server_context_switches(pid)
-        result = generator(issuer, path, run_bodies, duration=args.duration, connections=args.connections,
-                           workdir=workdir)
-        spent, switched = server_cpu_seconds(pid) - before, server_context_switches(pid) - switched
+        recording = workdir / "perf.data"
+        with (perf_recording(token_bench.children(pid)[0], recording) if args.perf
+              else contextlib.nullcontext()):
+            before, switched = server_cpu_seconds(pid), server_context_switches(pid)
+            result = generator(issuer, path, run_bodies, duration=args.duration, connections=args.connections,
+                               workdir=workdir)
+            spent, switched = server_cpu_seconds(pid) - before, server_context_switches(pid) - switched
     requests = max(1, result.requests)
-    return (f"{part or 'as is':<12} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+    line = (f"{part or 'as is':<12} {result.rps:7.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
             f"server CPU {spent / requests * 1e6:6.0f} us/request  "
             f"{switched / requests:5.1f} switches/request  non-2xx {result.errors}/{result.requests}")
+    return line + ("\n" + " " * 15 + perf_shares(recording) if args.perf else "")
 
 
 def main() -> int:
@@ -159,7 +227,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--perf", action="store_true", help="split the server's CPU by library (Linux perf)")
     args = parser.parse_args()
+    if args.perf and not shutil.which("perf"):
+        sys.exit("--perf needs Linux perf: apt-get install linux-perf")
     parts = args.part or ["audit-write", "audit"]
     print(f"{args.scenario} on SQLite, {args.duration:.0f} s per run, {args.rounds} rounds; "
           "each part switched off in the server process only")
