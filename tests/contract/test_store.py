@@ -446,26 +446,31 @@ def test_redis_keys_are_prefixed_and_expire_in_redis(redis_url: str) -> None:
 # --- SQLite: group commit and durability --------------------------------------------------------
 
 
-def _queue_behind_a_busy_connection(store: SqliteStore, first: Callable[[], None],
-                                    rest: list[Callable[[], None]]) -> None:
-    """Run ``first`` (it leads a batch and waits for the connection, held here), then ``rest``
-    (they queue behind it); then free the connection and wait until every writer is done."""
-    threads = [threading.Thread(target=first)]
+def _queue_behind_a_busy_connection(store: SqliteStore,
+                                    writes: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Start the first write (it leads a batch and waits for the connection, held here), then
+    the others (they queue behind it); free the connection; each write's result or error."""
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, write: Callable[[], object]) -> None:
+        outcomes[name] = _outcome(write)
+
+    threads = [threading.Thread(target=run, args=item) for item in writes.items()]
     with store._lock:
         threads[0].start()
         deadline = time.monotonic() + 10
         while not store._group._leading:  # white box: the first writer leads a batch
             assert time.monotonic() < deadline, "no writer took the lead"
             time.sleep(0.005)
-        threads += [threading.Thread(target=write) for write in rest]
         for thread in threads[1:]:
             thread.start()
-        while len(store._group._queue) < len(rest):  # white box: the others wait in one queue
+        while len(store._group._queue) < len(threads) - 1:  # white box: the others wait in one queue
             assert time.monotonic() < deadline, "writers did not queue up"
             time.sleep(0.005)
     for thread in threads:
         thread.join(timeout=10)
     assert not any(thread.is_alive() for thread in threads), "a writer was never woken"
+    return outcomes
 
 
 def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
@@ -479,21 +484,13 @@ def test_sqlite_writers_queued_together_commit_together_and_a_bad_one_fails_alon
         run_batch(batch)
 
     store._run_batch = counting  # type: ignore[method-assign]
-    outcomes: dict[str, Any] = {}
-
-    def call(name: str, write: Callable[[], object]) -> None:
-        try:
-            outcomes[name] = write()
-        except Exception as exc:
-            outcomes[name] = exc
-
-    first = lambda: call("first", lambda: store.put(NS, "first", {"v": 1}, 60))  # noqa: E731
-    _queue_behind_a_busy_connection(store, first, [
-        lambda: call("put", lambda: store.put(NS, "a", {"v": 1}, 60)),
-        lambda: call("bad", lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60)),  # type: ignore[arg-type]
-        lambda: call("add", lambda: store.add(NS, "b", {"v": 2}, 60)),
-        lambda: call("take", lambda: store.take(NS, "warm")),
-    ])
+    outcomes = _queue_behind_a_busy_connection(store, {
+        "first": lambda: store.put(NS, "first", {"v": 1}, 60),
+        "put": lambda: store.put(NS, "a", {"v": 1}, 60),
+        "bad": lambda: store.put(NS, ["not", "a", "key"], {"v": 1}, 60),  # type: ignore[arg-type]
+        "add": lambda: store.add(NS, "b", {"v": 2}, 60),
+        "take": lambda: store.take(NS, "warm"),
+    })
     try:
         assert transactions == [1, 4], "the queued writers shared one transaction"
         assert outcomes["first"] is None and outcomes["put"] is None
@@ -540,12 +537,8 @@ def test_sqlite_writers_queued_behind_a_failed_batch_are_committed_by_the_next(t
         run_batch(batch)
 
     store._run_batch = failing_once  # type: ignore[method-assign]
-    outcomes: dict[str, object] = {}
-
-    def put(name: str) -> None:
-        outcomes[name] = _outcome(lambda: store.put(NS, name, {"v": name}, 60))
-
-    _queue_behind_a_busy_connection(store, lambda: put("first"), [lambda i=i: put(f"k{i}") for i in range(3)])
+    outcomes = _queue_behind_a_busy_connection(store, {
+        name: lambda name=name: store.put(NS, name, {"v": name}, 60) for name in ("first", "k0", "k1", "k2")})
     try:
         assert batches == [1, 3]
         assert isinstance(outcomes.pop("first"), StoreUnavailable)
