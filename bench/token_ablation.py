@@ -74,18 +74,6 @@ PATCHES = {
         from idbroker.store.sqlite import SqliteStore
         SqliteStore.swap = lambda self, *args, **kwargs: True
     """,
-    "store-fsync": """
-        from idbroker.store import sqlite as _sqlite
-        _store_commit = _sqlite.write_transaction
-        _sqlite.write_transaction = lambda db, *, durable, drop: _store_commit(db, durable=False,
-                                                                                drop=drop)
-    """,
-    "audit-fsync": """
-        from idbroker.audit import sqlite_log as _sqlite_log
-        _audit_commit = _sqlite_log.write_transaction
-        _sqlite_log.write_transaction = lambda db, *, durable, drop: _audit_commit(db, durable=False,
-                                                                                    drop=drop)
-    """,
     "static": """
         from idbroker.oidc.token_endpoints import TokenEndpoints
         _BODY = b'{"access_token":"' + b"x" * 600 + b'","token_type":"Bearer","expires_in":300}'
@@ -97,8 +85,22 @@ PATCHES = {
         TokenEndpoints.__call__ = _static
     """,
 }
-#: Both databases commit without their fsync: what durability itself costs.
-PATCHES["fsync"] = PATCHES["store-fsync"] + PATCHES["audit-fsync"]
+
+
+def _without_fsync(module: str) -> str:
+    """A patch making ``module``'s SQLite commits ``synchronous=NORMAL``. The original is bound
+    as a default argument, so several such patches can share one sitecustomize."""
+    return f"""
+        import importlib
+        _module = importlib.import_module({module!r})
+        _module.write_transaction = (lambda db, *, durable, drop, commit=_module.write_transaction:
+                                     commit(db, durable=False, drop=drop))
+    """
+
+
+PATCHES["store-fsync"] = _without_fsync("idbroker.store.sqlite")
+PATCHES["audit-fsync"] = _without_fsync("idbroker.audit.sqlite_log")
+PATCHES["fsync"] = PATCHES["store-fsync"] + PATCHES["audit-fsync"]  # what durability itself costs
 #: Written by every sitecustomize once its patch is in: proof that the server ran it.
 _APPLIED = "TOKEN_ABLATION_APPLIED"  # not IDBROKER_*: those are settings
 
@@ -166,7 +168,7 @@ def perf_recording(pid: int, output: Path) -> Iterator[None]:
 
 def perf_shares(recording: Path) -> str:
     """The recording's samples by library, and the kernel's by what for, in percent."""
-    def report(*options: str) -> list[tuple[float, str]]:
+    def report(*options: str) -> list[tuple[float, list[str]]]:
         out = subprocess.run(["perf", "report", "-i", str(recording), "--stdio", "-g", "none", *options],
                              capture_output=True, text=True, check=True).stdout
         rows = []
@@ -180,9 +182,9 @@ def perf_shares(recording: Path) -> str:
         label = next((label for prefix, label in LIBRARIES.items() if fields[1].startswith(prefix)), "other")
         libraries[label] += share
     kernel: collections.Counter[str] = collections.Counter()
-    for _, fields in report("--children", "--sort", "sym"):
+    for share, fields in report("--children", "--sort", "sym"):
         if len(fields) >= 4 and fields[3] in KERNEL_PATHS:  # children%, self%, [k], symbol
-            kernel[KERNEL_PATHS[fields[3]]] += float(fields[0].rstrip("%"))
+            kernel[KERNEL_PATHS[fields[3]]] += share
     parts = [f"{label} {share:.0f}%" for label, share in libraries.most_common()]
     detail = ", ".join(f"{label} {share:.0f}" for label, share in kernel.most_common())
     return "CPU by library: " + "  ".join(parts) + f"  (kernel, overlapping: {detail})"
