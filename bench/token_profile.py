@@ -1,6 +1,6 @@
 """Where a token request's milliseconds go: idbroker in-process under cProfile.
 
-    .venv/bin/python bench/token_profile.py [--requests 2000] [--store sqlite|redis] [--top 25]
+    .venv/bin/python bench/token_profile.py [--requests 2000] [--store sqlite|redis] [--top 25] [--no-fsync]
 
 The same app, policy, grants and request bodies as ``bench/token_bench.py``, driven through
 Flask's test client in one thread (no HTTP server, no concurrency: the pure per-request
@@ -14,6 +14,10 @@ of the requests therefore runs without it but with a few stopwatches (``PARTS``)
 per request inside each named step, measured with ``time.thread_time`` (the user and
 system time of the calling thread, so an fsync's kernel time counts and its waiting does not).
 Steps nest: "rotate" holds the store calls and the policy check made in it.
+
+``--no-fsync`` commits with ``synchronous=NORMAL`` (``token_ablation.py``'s ``fsync`` part):
+what is left is the application's own cost per request, with no HTTP server, no other
+thread and no durability, the floor that no server arrangement can go below.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import io
 import pstats
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.parse
 from contextlib import ExitStack
@@ -35,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import token_ablation
 import token_bench
 
 from idbroker.app import create_app
@@ -104,7 +110,11 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--scenario", action="append", help="refresh, exchange, introspection (default all)")
     parser.add_argument("--dump", type=Path, help="directory to write each scenario's profile to (NAME.prof)")
+    parser.add_argument("--no-fsync", action="store_true", help="SQLite commits without their fsync")
     args = parser.parse_args()
+    if args.no_fsync:
+        # The very patch the server gets in token_ablation.py, applied to this process.
+        exec(textwrap.dedent(token_ablation.PATCHES["fsync"]), {})  # noqa: S102 (our own constant)
     with tempfile.TemporaryDirectory(prefix="token-profile-") as tmp:
         workdir = Path(tmp)
         with ExitStack() as stack:
@@ -131,7 +141,8 @@ def main() -> int:
                     for i in range(half):
                         client.post(path, data=bodies[i % len(bodies)], headers=headers)
                     plain, plain_cpu = time.perf_counter() - plain, time.process_time() - plain_cpu
-                print(f"\n=== {name} ({args.store}): {plain / half * 1000:.3f} ms wall, "
+                print(f"\n=== {name} ({args.store}{', no fsync' if args.no_fsync else ''}): "
+                      f"{plain / half * 1000:.3f} ms wall, "
                       f"{plain_cpu / half * 1000:.3f} ms CPU (user+sys) per request without the profiler, "
                       f"{half / plain:.0f} req/s in one thread")
                 stopwatches.report(half)
