@@ -87,6 +87,9 @@ SCOPE_CLAIMS = {
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 #: How clients authenticate at the token, introspection and revocation endpoints.
 CLIENT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
+#: The JOSE ``typ`` of ID tokens; access tokens have ``at+jwt`` (RFC 9068), so neither
+#: can be taken for the other.
+ID_TOKEN_TYP = "JWT"
 
 
 #: True once a refusal at a token endpoint has been recorded for the request being answered
@@ -471,13 +474,16 @@ class EndSession(EndSessionEndpoint):
         return ["ES256", "RS256", "PS256"]
 
     def _validate_id_token_hint(self, id_token_hint: str) -> dict[str, Any]:
-        # Verified with the key the kid names, under that key's one algorithm.
+        """An ID token this broker issued (expired is fine, rpinitiated §2), verified with the
+        key its ``kid`` names under that key's one algorithm. Not an access token (``typ:
+        at+jwt``, RFC 9068): any client may hold one of those for a person, so taking it as
+        a hint would let it log that person out without asking."""
         try:
-            claims = self.provider.keys.verify(id_token_hint)
+            claims = self.provider.keys.verify(id_token_hint, typ=ID_TOKEN_TYP)
         except TokenInvalid as exc:
-            raise InvalidRequestError("The id_token_hint was not issued by this broker.") from exc
-        if claims.get("iss") != self.provider.issuer:
-            raise InvalidRequestError("The id_token_hint was not issued by this broker.")
+            raise InvalidRequestError("The id_token_hint is not an ID token of this broker.") from exc
+        if claims.get("iss") != self.provider.issuer or not isinstance(claims.get("sid"), str):
+            raise InvalidRequestError("The id_token_hint is not an ID token of this broker.")
         return claims
 
     def end_session(self, end_session_request: Any) -> None:
@@ -975,4 +981,4 @@ class Provider:
         if access_token:
             digest = hashlib.sha256(access_token.encode()).digest()
             claims["at_hash"] = urlsafe_b64encode(digest[:16]).decode().rstrip("=")
-        return self.keys.sign(claims, alg=alg)
+        return self.keys.sign(claims, alg=alg, typ=ID_TOKEN_TYP)

@@ -131,8 +131,9 @@ def discovery() -> Response:
 
 @bp.route("/logout", methods=["GET", "POST"])
 def end_session() -> Response:
-    """RP-initiated logout: with a valid ``id_token_hint`` at once; without one, only
-    after the person confirms (so no site can log people out behind their back)."""
+    """RP-initiated logout: at once with an ``id_token_hint`` of this browser's session;
+    without one, or with one of another session (another person's, or an earlier login),
+    only after the person confirms, so no site can log people out behind their back."""
     b = broker()
     server = b.provider.server
     try:
@@ -140,14 +141,16 @@ def end_session() -> Response:
     except OAuth2Error as error:
         log.info("logout refused: %s (%s)", error.error, error.description)
         return error_page("err_invalid_request", status=400)
-    if end_request.needs_confirmation:
+    token = request.cookies.get(SESSION_COOKIE)
+    session = b.sessions.get(token)
+    hinted = end_request.id_token_claims
+    other_session = session is not None and hinted is not None and hinted.get("sid") != session.sid
+    if end_request.needs_confirmation or other_session:
         if request.method == "GET":
             return render_page("logout_confirm.html", csrf=csrf_token("logout"),
                                hidden={k: v for k, v in request.args.items() if k != "csrf_token"})
         if not csrf_ok("logout"):
             return error_page("err_csrf", status=400)
-    token = request.cookies.get(SESSION_COOKIE)
-    session = b.sessions.get(token)
     if session is not None:
         audit(EventType.SESSION_ENDED, **session_fields(session),
               detail={"clients": list(session.clients)})

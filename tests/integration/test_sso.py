@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import pytest
 import requests
 from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 
 from tests.integration.conftest import BASIC_SECRET, Chain
 from tests.support.browser import Browser
+from tests.support.forgery import FORGERIES, forge
 
 
 def _id_token(chain: Chain, query: dict, req: dict) -> tuple[str, dict]:
@@ -87,6 +89,52 @@ def test_logout_never_redirects_to_an_unregistered_uri(chain: Chain) -> None:
         allow_redirects=False, timeout=5)
     assert reply.status_code == 200 and "Location" not in reply.headers
     assert "uitgelogd" in reply.text
+
+
+def _still_logged_in(chain: Chain, browser: Browser) -> bool:
+    url, _ = chain.authorize_url(prompt="none")
+    silent = browser.http.get(url, allow_redirects=False, timeout=5)
+    return "code" in parse_qs(urlsplit(silent.headers["Location"]).query)
+
+
+def _logout(browser: Browser, chain: Chain, hint: str) -> requests.Response:
+    return browser.http.get(f"{chain.base}/logout?" + urlencode({"id_token_hint": hint}),
+                            allow_redirects=False, timeout=5)
+
+
+def test_an_access_token_is_no_id_token_hint(chain: Chain) -> None:
+    """Any resource server may hold a person's access token: as a hint it would end that
+    person's session without asking."""
+    query, req, browser = chain.login()
+    access_token = chain.redeem(query["code"][0], req["verifier"]).json()["access_token"]
+    refused = _logout(browser, chain, access_token)
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    assert _still_logged_in(chain, browser)
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_id_token_hint_is_refused(chain: Chain, forgery: str) -> None:
+    query, req, browser = chain.login()
+    id_token, _ = _id_token(chain, query, req)
+    refused = _logout(browser, chain, forge(id_token, forgery, f"{chain.base}/jwks.json"))
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    assert _still_logged_in(chain, browser)
+
+
+def test_a_hint_of_another_session_asks_first(chain: Chain) -> None:
+    """An ID token of someone else's (or an earlier) session is genuine but says nothing
+    about this browser's session: the person is asked, as without a hint."""
+    _, _, browser = chain.login()
+    other_query, other_req, _ = chain.login()
+    others_id_token, _ = _id_token(chain, other_query, other_req)
+    page = _logout(browser, chain, others_id_token)
+    assert page.status_code == 200 and 'name="csrf_token"' in page.text
+    assert _still_logged_in(chain, browser)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    done = browser.http.post(f"{chain.base}/logout", timeout=5,
+                             data={"csrf_token": token, "id_token_hint": others_id_token})
+    assert done.status_code == 200 and "uitgelogd" in done.text
+    assert not _still_logged_in(chain, browser)
 
 
 def test_logout_without_hint_asks_first_and_checks_csrf(chain: Chain) -> None:
