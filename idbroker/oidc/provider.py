@@ -79,6 +79,9 @@ _log = logging.getLogger("idbroker")
 #: Algorithms a client may sign its assertions with, by key type; never HS* or none.
 _ALGORITHMS_BY_KTY = {"EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"},
                       "RSA": ("RS256", "PS256"), "OKP": ("EdDSA",)}
+#: The same, as discovery lists them for each endpoint that takes client assertions.
+CLIENT_ASSERTION_ALGORITHMS = [alg for algs in _ALGORITHMS_BY_KTY.values()
+                               for alg in (algs.values() if isinstance(algs, dict) else algs)]
 _MIN_REFETCH_INTERVAL = 30.0
 SCOPE_CLAIMS = {
     "profile": ("name", "given_name", "family_name", "employee_number"),

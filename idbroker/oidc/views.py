@@ -21,7 +21,12 @@ from idbroker.oidc.flow import (
     request_requirement,
     unmet,
 )
-from idbroker.oidc.provider import SCOPE_CLAIMS, SUPPORTED_SCOPES
+from idbroker.oidc.provider import (
+    CLIENT_ASSERTION_ALGORITHMS,
+    CLIENT_AUTH_METHODS,
+    SCOPE_CLAIMS,
+    SUPPORTED_SCOPES,
+)
 from idbroker.tokens import GRANT_TYPE as TOKEN_EXCHANGE
 from idbroker.web import (
     SESSION_COOKIE,
@@ -91,7 +96,11 @@ def jwks() -> Response:
 
 
 @bp.get("/.well-known/openid-configuration")
+@bp.get("/.well-known/oauth-authorization-server")
 def discovery() -> Response:
+    """OpenID Connect Discovery, and the same document as RFC 8414 metadata for OAuth-only
+    products (resource servers, gateways). Served at the root of the broker, so for an
+    issuer with a path, the proxy maps RFC 8414's path-inserted form to it."""
     b = broker()
     issuer = b.settings.issuer
     metadata: dict[str, Any] = {
@@ -103,17 +112,18 @@ def discovery() -> Response:
         "end_session_endpoint": f"{issuer}/logout",
         "introspection_endpoint": f"{issuer}/introspect",
         "revocation_endpoint": f"{issuer}/revoke",
-        "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
-        "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
         "scopes_supported": list(SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
         "subject_types_supported": ["pairwise", "public"],
         "id_token_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
-        "token_endpoint_auth_signing_alg_values_supported": [
-            "ES256", "ES384", "ES512", "RS256", "PS256", "EdDSA"],
+        "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "acr", "amr",

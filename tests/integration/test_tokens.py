@@ -270,6 +270,12 @@ def test_discovery_names_the_new_endpoints_and_grants(chain: Chain) -> None:
     assert metadata["revocation_endpoint"] == f"{chain.base}/revoke"
     assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token", TOKEN_EXCHANGE}
     assert set(metadata["subject_types_supported"]) == {"pairwise", "public"}
+    for endpoint in ("token", "introspection", "revocation"):  # RFC 8414 §2: with private_key_jwt
+        assert "private_key_jwt" in metadata[f"{endpoint}_endpoint_auth_methods_supported"]
+        algorithms = metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
+        assert "ES256" in algorithms and not {"none", "HS256"} & set(algorithms)
+    oauth = requests.get(f"{chain.base}/.well-known/oauth-authorization-server", timeout=5)
+    assert oauth.status_code == 200 and oauth.json() == metadata
 
 
 def test_the_readmes_resource_server_example_works_with_pyjwt(chain: Chain) -> None:
