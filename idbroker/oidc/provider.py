@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,10 +70,9 @@ from idbroker.tokens import (
     decide_exchange,
     introspect,
     level_of_acr,
-    resolve_resource,
     verify_access_token,
 )
-from idbroker.tokens.exchange import check_subject_token
+from idbroker.tokens.exchange import check_subject_token, exchange_target, read_exchange_request
 
 _log = logging.getLogger("idbroker")
 
@@ -599,7 +599,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         provider: Provider = self.server.provider
         try:
-            token = provider.exchange(self.request.client, self.request.payload.data)
+            token = provider.exchange(self.request.client, self.request.payload.datalist)
         except TokenError as error:
             provider.record_refusal(error.error, self.request.client.client_id,
                                     detail={"grant_type": "token_exchange"})
@@ -853,17 +853,15 @@ class Provider:
         except (KeyError, TypeError, ValueError):
             raise TokenError("invalid_grant", "the grant's login record is unusable") from None
 
-    def exchange(self, client: Client, form: dict[str, Any]) -> dict[str, Any]:
-        """RFC 8693: the new access token, or :class:`TokenError` with the RFC's code."""
-        skew = self.settings.tokens.clock_skew
+    def exchange(self, client: Client, params: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """RFC 8693: the new access token, or :class:`TokenError` with the RFC's code.
+
+        ``params``: every value of each form parameter, so a repeated one is seen."""
+        request = read_exchange_request(params)
         revoked = _RevokedAndSession(self.revocations)
-        claims = check_subject_token(str(form.get("subject_token") or ""),
-                                     str(form.get("subject_token_type")), self.keys, self.issuer,
-                                     revoked, leeway=skew)
-        resource, audience = form.get("resource"), form.get("audience")
-        aud = None
-        if resource:
-            audience, aud = resolve_resource(self.policy, client.policy, resource, exchange=True)
+        claims = check_subject_token(request.subject_token, request.subject_token_type, self.keys,
+                                     self.issuer, revoked, leeway=self.settings.tokens.clock_skew)
+        audience, aud = exchange_target(self.policy, client.policy, request)
         session = revoked.session
         target = self.policy.clients.get(str(audience)) if audience else None
         if session is None:
@@ -879,9 +877,8 @@ class Provider:
                 raise TokenError("invalid_grant", "the person no longer acts for this team") from None
             team_scopes = team.scopes_at(level, target.id)
             roles = token_roles(team, target.id, level)
-        grant = decide_exchange(self.policy, claims, client.policy, audience,
-                                str(form.get("scope") or "").split(), team_scopes, issuer=self.issuer,
-                                aud=aud, roles=roles)
+        grant = decide_exchange(self.policy, claims, client.policy, audience, request.scopes, team_scopes,
+                                issuer=self.issuer, aud=aud, roles=roles)
         new = grant.access_token_claims(
             issuer=self.issuer, subject=subject_for(self.keys.secrets["subject_salt"], session["person"],
                                                     grant.target),

@@ -27,12 +27,69 @@ from idbroker.tokens.introspection import InactiveToken, RevocationCheck, single
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+#: The request parameters that may appear once at most (RFC 6749 §3.2); ``audience`` and
+#: ``resource`` are checked apart, as ``invalid_target`` (RFC 8693 §2.2.2).
+_SINGLE_PARAMETERS = ("subject_token", "subject_token_type", "scope", "requested_token_type")
 _LEVEL_BY_ACR = {level.acr: level for level in Level}
 
 
 def level_of_acr(acr: Any) -> Level:
     """The level a broker ``acr`` states; anything else counts as low (fail closed)."""
     return _LEVEL_BY_ACR.get(acr, Level.LOW) if isinstance(acr, str) else Level.LOW
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """An RFC 8693 request whose shape is acceptable: one subject token and its type, at
+    most one ``audience`` and one ``resource``, the requested scopes."""
+
+    subject_token: str
+    subject_token_type: str
+    audience: str | None
+    resource: str | None
+    scopes: tuple[str, ...]
+
+
+def read_exchange_request(params: Mapping[str, Sequence[str]]) -> ExchangeRequest:
+    """The request's parameters (each name with all its values, repeats kept), or
+    :class:`TokenError`. Nothing the broker would not act on is silently ignored:
+
+    * ``actor_token`` / ``actor_token_type``: ``invalid_request``. The actor is the
+      authenticated calling client (``act``), never a token a caller hands in; RFC 8693
+      §2.1 makes ``actor_token_type`` without ``actor_token`` ``invalid_request`` too.
+    * ``requested_token_type`` other than an access token: ``invalid_request``. Not even
+      ``...:token-type:jwt``: RFC 8693 §3 keeps that for a JWT as such (an assertion for
+      another authorization server), while what is issued here is an access token of this
+      broker, whatever its format.
+    * more than one ``audience`` or ``resource``: ``invalid_target`` (one audience per token).
+    * a missing ``subject_token`` or ``subject_token_type``, or a repeated parameter:
+      ``invalid_request`` (RFC 6749 §3.2, §5.2).
+    """
+    if "actor_token" in params or "actor_token_type" in params:
+        raise TokenError(INVALID_REQUEST,
+                         "actor tokens are not supported: the authenticated client is the actor")
+    for name in _SINGLE_PARAMETERS:
+        if len(params.get(name, ())) > 1:
+            raise TokenError(INVALID_REQUEST, f"the parameter {name} is repeated")
+    if len(params.get("audience", ())) > 1 or len(params.get("resource", ())) > 1:
+        raise TokenError(INVALID_TARGET, "one audience per token: name one audience or one resource")
+    requested_type = _single(params, "requested_token_type")
+    if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
+        raise TokenError(INVALID_REQUEST, f"requested_token_type: only {ACCESS_TOKEN_TYPE} is issued")
+    subject_token = _single(params, "subject_token")
+    subject_token_type = _single(params, "subject_token_type")
+    if not subject_token:
+        raise TokenError(INVALID_REQUEST, "the subject_token is missing")
+    if not subject_token_type:
+        raise TokenError(INVALID_REQUEST, "the subject_token_type is missing")
+    return ExchangeRequest(subject_token=subject_token, subject_token_type=subject_token_type,
+                           audience=_single(params, "audience"), resource=_single(params, "resource"),
+                           scopes=tuple((_single(params, "scope") or "").split()))
+
+
+def _single(params: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
 
 
 class Target(NamedTuple):
@@ -65,6 +122,23 @@ def resolve_resource(policy: Policy, client: ClientPolicy, resource: str, *,
     if owner == client.id or (exchange and client.exchange_rule(owner) is not None):
         return Target(owner, resource)
     raise TokenError(INVALID_TARGET, "the client may not obtain tokens for this resource")
+
+
+def exchange_target(policy: Policy, client: ClientPolicy,
+                    request: ExchangeRequest) -> tuple[str | None, str | None]:
+    """Where an exchange is towards, as :func:`decide_exchange` takes it: the audience (a
+    client id) and the ``aud`` the token carries (None: that client's default). That is the
+    ``audience`` as given, or the application owning the ``resource`` with that URI as ``aud``.
+
+    Both may be given when they name the same application (RFC 8693 §2.1 allows both, and
+    the token still has one audience: the resource); naming two is ``invalid_target``.
+    """
+    if request.resource is None:
+        return request.audience, None
+    target = resolve_resource(policy, client, request.resource, exchange=True)
+    if request.audience is not None and request.audience not in (target.client, target.aud):
+        raise TokenError(INVALID_TARGET, "one audience per token: the audience and the resource differ")
+    return target.client, target.aud
 
 
 @dataclass(frozen=True)

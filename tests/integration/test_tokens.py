@@ -247,6 +247,46 @@ def test_token_exchange_refusals(chain: Chain) -> None:
     assert wrong_type.json()["error"] == "invalid_request"
 
 
+def _exchange_repeating(chain: Chain, subject_token: str, *pairs: tuple[str, str]) -> requests.Response:
+    """An exchange with ``pairs`` added as given: a parameter may come twice."""
+    form = {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE} | _auth(chain, ROLES_CLIENT)
+    return requests.post(f"{chain.base}/token", data=[*form.items(), *pairs], timeout=10)
+
+
+def test_token_exchange_refuses_what_it_would_not_act_on(chain: Chain) -> None:
+    subject = _roles_login(chain, 63)["access_token"]
+    other_persons = _rp_login(chain)["access_token"]
+    token_type = "urn:ietf:params:oauth:token-type:"
+    refusals = {
+        "invalid_request": [
+            _exchange(chain, subject, actor_token="garbage", actor_token_type=ACCESS_TOKEN_TYPE),
+            _exchange(chain, subject, actor_token=other_persons, actor_token_type=ACCESS_TOKEN_TYPE),
+            _exchange(chain, subject, actor_token_type=ACCESS_TOKEN_TYPE),
+            _exchange(chain, subject, requested_token_type=f"{token_type}refresh_token"),
+            _exchange(chain, subject, requested_token_type=f"{token_type}id_token"),
+            _exchange(chain, subject, requested_token_type=f"{token_type}jwt"),
+            _post(chain, "token", ROLES_CLIENT, grant_type=TOKEN_EXCHANGE, audience=API_CLIENT,
+                  subject_token_type=ACCESS_TOKEN_TYPE),
+            _post(chain, "token", ROLES_CLIENT, grant_type=TOKEN_EXCHANGE, audience=API_CLIENT,
+                  subject_token=subject),
+        ],
+        "invalid_target": [
+            _exchange_repeating(chain, subject, ("audience", API_CLIENT), ("audience", "test-rp")),
+            _exchange_repeating(chain, subject, ("audience", "test-rp"), ("audience", API_CLIENT)),
+            _exchange_repeating(chain, subject, ("resource", f"{chain.base}/test-roles/api"),
+                                ("resource", f"{chain.base}/test-roles/api")),
+            _exchange(chain, subject, resource=f"{chain.base}/test-roles/api"),  # and audience test-api
+        ],
+    }
+    for error, replies in refusals.items():
+        assert [(r.status_code, r.json()["error"]) for r in replies] == [(400, error)] * len(replies)
+    descriptions = [reply.json()["error_description"] for reply in refusals["invalid_request"]]
+    assert "the authenticated client is the actor" in descriptions[0] and ACCESS_TOKEN_TYPE in descriptions[3]
+    # ... and the subject token was not spent: the same request without the extras is answered
+    assert _exchange(chain, subject, requested_token_type=ACCESS_TOKEN_TYPE).status_code == 200
+
+
 def test_an_expired_subject_token_cannot_be_exchanged(chain: Chain) -> None:
     subject = _roles_login(chain, 49)["access_token"]
     claims = _claims(subject) | {"exp": int(time.time()) - 5, "iat": int(time.time()) - 400}

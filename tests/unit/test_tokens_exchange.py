@@ -25,7 +25,12 @@ from idbroker.tokens import (
     level_of_acr,
     resolve_resource,
 )
-from idbroker.tokens.exchange import check_subject_token
+from idbroker.tokens.exchange import (
+    ExchangeRequest,
+    check_subject_token,
+    exchange_target,
+    read_exchange_request,
+)
 from tests.support import token_domain
 from tests.support.token_domain import CHAIN, write_chain
 
@@ -170,6 +175,63 @@ def test_a_token_without_acting_team_invalid_grant(chain: Policy) -> None:
 
 def test_a_level_below_the_targets_minimum_invalid_grant(chain: Policy) -> None:
     refused("invalid_grant", exchange, chain, claims=subject_claims(acr=Level.LOW.acr))
+
+
+# -- the request's shape ----------------------------------------------------------------------
+
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+REQUEST = {"subject_token": ["a.b.c"], "subject_token_type": [ACCESS], "audience": ["casus"]}
+
+
+def test_a_plain_request_is_read() -> None:
+    assert read_exchange_request(REQUEST | {"scope": ["casus.lezen casus.regie"]}) == ExchangeRequest(
+        subject_token="a.b.c", subject_token_type=ACCESS, audience="casus", resource=None,
+        scopes=("casus.lezen", "casus.regie"))
+    assert read_exchange_request(REQUEST | {"requested_token_type": [ACCESS]}).audience == "casus"
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    # the actor is the authenticated client: an actor token is never taken, nor ignored
+    ({"actor_token": ["garbage"], "actor_token_type": [ACCESS]}, "invalid_request"),
+    ({"actor_token": ["a.b.c"]}, "invalid_request"),
+    ({"actor_token_type": [ACCESS]}, "invalid_request"),  # RFC 8693 §2.1: without actor_token
+    # only access tokens are issued (":jwt" is a bare JWT, RFC 8693 §3)
+    ({"requested_token_type": ["urn:ietf:params:oauth:token-type:refresh_token"]}, "invalid_request"),
+    ({"requested_token_type": ["urn:ietf:params:oauth:token-type:id_token"]}, "invalid_request"),
+    ({"requested_token_type": ["urn:ietf:params:oauth:token-type:jwt"]}, "invalid_request"),
+    # one audience per token
+    ({"audience": ["casus", "om"]}, "invalid_target"),
+    ({"audience": ["casus", "casus"]}, "invalid_target"),
+    ({"resource": ["https://api.casus.example/v1", "https://api.casus.example/v2"]}, "invalid_target"),
+    # RFC 6749 §3.2, §5.2
+    ({"subject_token": []}, "invalid_request"),
+    ({"subject_token": [""]}, "invalid_request"),
+    ({"subject_token_type": []}, "invalid_request"),
+    ({"subject_token": ["a.b.c", "d.e.f"]}, "invalid_request"),
+    ({"scope": ["casus.lezen", "casus.regie"]}, "invalid_request"),
+])
+def test_what_the_broker_would_not_act_on_is_refused(extra: dict[str, list[str]], error: str) -> None:
+    params = {name: values for name, values in (REQUEST | extra).items() if values}
+    description = refused(error, read_exchange_request, params).description
+    if "actor_token" in extra or "actor_token_type" in extra:
+        assert description == "actor tokens are not supported: the authenticated client is the actor"
+    if "requested_token_type" in extra:
+        assert ACCESS in description
+
+
+def test_an_audience_and_a_resource_must_name_the_same_target(chain: Policy) -> None:
+    portal = chain.clients["portaal"]
+
+    def target(audience: str | None, resource: str | None) -> tuple[str | None, str | None]:
+        request = ExchangeRequest(subject_token="t", subject_token_type=ACCESS, audience=audience,
+                                  resource=resource, scopes=())
+        return exchange_target(chain, portal, request)
+
+    assert target("casus", None) == ("casus", None)
+    assert target(None, "https://api.casus.example/v1") == ("casus", "https://api.casus.example/v1")
+    assert target("casus", "https://api.casus.example/v1") == ("casus", "https://api.casus.example/v1")
+    refused("invalid_target", target, "gastportaal", "https://api.casus.example/v1")
+    refused("invalid_target", target, "casus", "")
 
 
 # -- the subject token itself ----------------------------------------------------------------
