@@ -223,7 +223,7 @@ def decide_exchange(policy: Policy, subject_token_claims: Mapping[str, Any], act
     allowed = frozenset(rule.scopes)
     beyond = [scope for scope in requested if scope not in allowed]
     if beyond:
-        raise TokenError(INVALID_SCOPE, f"not allowed in an exchange towards {target.id}: {' '.join(beyond)}")
+        raise TokenError(INVALID_SCOPE, _scopes_beyond(target, beyond))
     granted = frozenset(team_decision_scopes)
     scope = tuple(s for s in (requested or rule.scopes) if s in granted)
     if not scope:
@@ -243,6 +243,18 @@ def decide_exchange(policy: Policy, subject_token_claims: Mapping[str, Any], act
         auth_time=auth_time if isinstance(auth_time, int) else None, act=act,
         sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
         amr=tuple(amr) if isinstance(amr, list) else (), not_after=int(exp))
+
+
+def _scopes_beyond(target: ClientPolicy, beyond: Sequence[str]) -> str:
+    """Which requested scopes an exchange rule does not allow, naming only the target's own
+    (policy-checked names): the caller's text never goes into an ``error_description``
+    (RFC 6749 §5.2 limits its characters, and it is logged)."""
+    known = [scope for scope in beyond if scope in target.application_scope_names]
+    unknown = len(beyond) - len(known)
+    named = [", ".join(known)] if known else []
+    if unknown:
+        named.append(f"{unknown} scope{'s' if unknown > 1 else ''} {target.id} does not define")
+    return f"not allowed in an exchange towards {target.id}: {'; '.join(named)}"
 
 
 def check_subject_token(token: str, token_type: str, keys: KeyRing, issuer: str, revoked: RevocationCheck, *,

@@ -287,6 +287,14 @@ def test_token_exchange_refuses_what_it_would_not_act_on(chain: Chain) -> None:
     assert _exchange(chain, subject, requested_token_type=ACCESS_TOKEN_TYPE).status_code == 200
 
 
+@pytest.mark.parametrize("scope", ['api.lezen "evil\\ é', "api.lezen " + "x" * 30_000])
+def test_a_refused_scope_is_not_echoed(chain: Chain, scope: str) -> None:
+    reply = _exchange(chain, _roles_login(chain, 64)["access_token"], scope=scope)
+    assert (reply.status_code, reply.json()["error"]) == (400, "invalid_scope")
+    description = reply.json()["error_description"]
+    assert "evil" not in description and "xxx" not in description and len(description) < 200
+
+
 def test_an_expired_subject_token_cannot_be_exchanged(chain: Chain) -> None:
     subject = _roles_login(chain, 49)["access_token"]
     claims = _claims(subject) | {"exp": int(time.time()) - 5, "iat": int(time.time()) - 400}

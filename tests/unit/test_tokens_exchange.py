@@ -140,6 +140,19 @@ def test_a_scope_the_rule_does_not_allow_invalid_scope(chain: Policy) -> None:
     assert "casus.bijdragen" in error.description
 
 
+#: RFC 6749 §5.2: what an error_description may hold.
+_DESCRIPTION_CHARACTERS = frozenset(chr(c) for c in (0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F)))
+
+
+@pytest.mark.parametrize("scopes", [("api.lezen", '"evil\\', "é"), ("x" * 30_000,),
+                                    ("casus.bijdragen", "z<b>")])
+def test_the_scope_refusal_never_echoes_the_callers_text(chain: Policy, scopes: tuple[str, ...]) -> None:
+    error = refused("invalid_scope", exchange, chain, scopes=scopes)
+    assert set(error.description) <= _DESCRIPTION_CHARACTERS and len(error.description) < 200
+    assert not any(scope in error.description for scope in scopes if scope != "casus.bijdragen")
+    assert "casus does not define" in error.description
+
+
 def test_nothing_granted_by_the_team_invalid_scope(chain: Policy) -> None:
     refused("invalid_scope", exchange, chain, scopes=("casus.regie",))
     refused("invalid_scope", exchange, chain, granted=frozenset())
