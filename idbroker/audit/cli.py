@@ -37,11 +37,13 @@ def add_parser(commands: Any) -> None:
                              "(e.g. the broker's 'audit checkpoint' log lines)")
     verify.add_argument("--json", action="store_true", help="machine-readable result")
 
-    exp = sub.add_parser("export", help="events of one person, client or team (jsonl or csv)")
+    exp = sub.add_parser("export", help="events of one person, client, team or token subject (jsonl or csv)")
     exp.add_argument("--person", help="broker person id (p-...)")
     exp.add_argument("--client", help="client (chain application) id")
     exp.add_argument("--team", help="acting team id")
-    exp.add_argument("--all", action="store_true", help="no person/client/team filter (time range only)")
+    exp.add_argument("--subject", help="a token's sub (pairwise s-... or public p-...): the events of the "
+                                       "tokens issued with it, whose 'person' it names")
+    exp.add_argument("--all", action="store_true", help="no person/client/team/subject filter (period only)")
     _period(exp)
     exp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     exp.add_argument("--output", type=Path, help="file to write (default: standard output)")
@@ -166,10 +168,10 @@ def _range(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 
 def _export(audit: AuditLog, args: argparse.Namespace, out: TextIO) -> int:
-    if not (args.person or args.client or args.team or args.all):
-        raise ValueError("name --person, --client or --team (or --all for everything in the period)")
+    if not (args.person or args.client or args.team or args.subject or args.all):
+        raise ValueError("name --person, --client, --team or --subject (or --all for the whole period)")
     since, until = _range(args)
-    filters = {"person": args.person, "client": args.client, "team": args.team,
+    filters = {"person": args.person, "client": args.client, "team": args.team, "subject": args.subject,
                "from": None if since is None else iso_ms(since),
                "to": None if until is None else iso_ms(until)}
     # Recorded first: no export leaves without its record.
@@ -182,7 +184,7 @@ def _export(audit: AuditLog, args: argparse.Namespace, out: TextIO) -> int:
             target = stack.enter_context(args.output.open("w", encoding="utf-8", newline=""))
             args.output.chmod(0o600)
         count = export(audit, target, fmt=args.format, person=args.person, client=args.client,
-                       team=args.team, since_ms=since, until_ms=until)
+                       team=args.team, subject=args.subject, since_ms=since, until_ms=until)
     if args.output:
         print(f"exported {count} events to {args.output}", file=sys.stderr)
     return 0

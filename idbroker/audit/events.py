@@ -103,9 +103,9 @@ _SECRET_WORDS = frozenset({
 })
 _SAFE_SUFFIXES = frozenset({"sha256", "hash", "type", "types", "hint", "count", "lifetime", "ttl",
                             "expiry", "method", "methods", "kind"})
-# Detail keys whose values are public random identifiers (token ids, key ids, hashes):
-# only the strict rules apply to them.
-_IDENTIFIER_KEYS = frozenset({"jti", "kid", "kids", "sid", "event_id"})
+# Detail keys whose values are public random identifiers (token ids, key ids, hashes, the
+# ``sub`` a token was issued with): only the strict rules apply to them.
+_IDENTIFIER_KEYS = frozenset({"jti", "kid", "kids", "sid", "event_id", "subject"})
 _IDENTIFIER_SUFFIXES = ("_jti", "_kid", "_kids", "_sha256", "_hash")
 
 

@@ -1,7 +1,9 @@
 """``idbroker audit export``: who accessed what, acting for which team, when, at what level.
 
 For a privacy officer answering a data-subject request or doing the periodic privacy
-audit. Filters combine (AND): person, client, team, time range (``since <= t < until``).
+audit. Filters combine (AND): person, client, team, time range (``since <= t < until``), and
+subject: the events of the tokens issued with one ``sub`` (``detail.subject``), whose
+``person`` is who a pairwise or public subject (as a resource server logs it) names.
 Every row carries ``seq`` and ``hash`` so it can be matched to the verified chain.
 CSV cells that a spreadsheet would run as a formula (a User-Agent can start with ``=``)
 are prefixed with ``'``.
@@ -29,10 +31,12 @@ def iso_ms(time_ms: int) -> str:
     return datetime.fromtimestamp(time_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def rows(audit: AuditLog, **filters: Any) -> Iterator[dict[str, Any]]:
-    """One flat dict per matching record, in ``seq`` order."""
+def rows(audit: AuditLog, *, subject: str | None = None, **filters: Any) -> Iterator[dict[str, Any]]:
+    """One flat dict per matching record, in ``seq`` order. ``subject`` is not indexed: the
+    records the other filters select are read and those of another ``sub`` skipped."""
     for record in records(audit, **filters):
-        yield _row(record)
+        if subject is None or record.event.get("detail", {}).get("subject") == subject:
+            yield _row(record)
 
 
 def _row(record: AuditRecord) -> dict[str, Any]:
@@ -41,10 +45,11 @@ def _row(record: AuditRecord) -> dict[str, Any]:
 
 
 def export(audit: AuditLog, out: TextIO, *, fmt: Format = "jsonl", person: str | None = None,
-           client: str | None = None, team: str | None = None, since_ms: int | None = None,
-           until_ms: int | None = None) -> int:
+           client: str | None = None, team: str | None = None, subject: str | None = None,
+           since_ms: int | None = None, until_ms: int | None = None) -> int:
     """Write the matching records to ``out``; returns how many."""
-    filters = {"person": person, "client": client, "team": team, "since_ms": since_ms, "until_ms": until_ms}
+    filters = {"person": person, "client": client, "team": team, "subject": subject,
+               "since_ms": since_ms, "until_ms": until_ms}
     count = 0
     if fmt == "jsonl":
         for row in rows(audit, **filters):

@@ -803,8 +803,11 @@ class Provider:
             claims["amr"] = user.amr
         claims.update(self.acting_claims(user, client.policy, for_api=True))
         event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
+        # ``subject``: the ``sub`` issued (the ID token of a code redemption has the same), so
+        # the trail links a pairwise subject a resource server logs to the person.
         self.record(event, user, client, scope or "", audience=claims["aud"],
-                    detail={"jti": claims["jti"], "grant_type": grant_type, "expires_in": lifetime})
+                    detail={"jti": claims["jti"], "subject": claims["sub"], "grant_type": grant_type,
+                            "expires_in": lifetime})
         token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                  "expires_in": lifetime, "scope": scope or ""}
         if (grant_type == "authorization_code" and include_refresh_token
@@ -887,7 +890,8 @@ class Provider:
             type=EventType.TOKEN_EXCHANGED, person=session["person"], sid=new.get("sid"),
             organisation=grant.organisation, team=grant.team, roles=grant.roles, client=client.client_id,
             audience=(new["aud"],), scopes=grant.scope, acr=grant.acr, factors=grant.amr,
-            detail={"jti": new["jti"], "subject_jti": claims["jti"], "target": grant.target.id},
+            detail={"jti": new["jti"], "subject": new["sub"], "subject_jti": claims["jti"],
+                    "target": grant.target.id},
             **self.audit_context()))
         return {"access_token": self.keys.sign(new, typ="at+jwt"), "token_type": "Bearer",
                 "issued_token_type": grant.issued_token_type, "expires_in": new["exp"] - new["iat"],

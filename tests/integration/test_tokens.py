@@ -3,7 +3,9 @@ resource indicators, refresh rotation, introspection, revocation and token excha
 
 from __future__ import annotations
 
+import argparse
 import base64
+import io
 import json
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 
 from idbroker.app import create_app
+from idbroker.audit import cli as audit_cli
 from idbroker.audit.log import records
 from tests.integration.conftest import API_CLIENT, ROLES_CLIENT, STEPUP_ORG, Chain, running_chain
 from tests.support.browser import Browser
@@ -99,6 +102,38 @@ def test_pairwise_subjects_differ_per_sector_and_stay_stable(chain: Chain) -> No
     assert first == again and other_sector["sub"] != first and other_sector["sub"].startswith("s-")
     public = _claims(_rp_login(chain)["access_token"])["sub"]
     assert public.startswith("p-")  # the test RP is a public-subject client
+
+
+def _audit_export(chain: Chain, *args: str) -> list[dict[str, Any]]:
+    """``idbroker audit export ARGS`` on the running broker's trail: the exported rows."""
+    parser = argparse.ArgumentParser()
+    audit_cli.add_parser(parser.add_subparsers(dest="command"))
+    out = io.StringIO()
+    arguments = parser.parse_args(["audit", "export", *args, "--purpose", "test"])
+    assert audit_cli.run(chain.broker.settings, arguments, out=out) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_the_audit_trail_leads_from_each_sectors_subject_to_the_person(chain: Chain) -> None:
+    """What a resource server logs is a pairwise ``sub``; the auditor finds the person."""
+    body = _roles_login(chain, 65)
+    roles_sub = _claims(body["access_token"])["sub"]
+    assert _claims(body["id_token"])["sub"] == roles_sub  # one subject per client and person
+    refreshed = _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["access_token"]
+    api_token = _exchange(chain, body["access_token"]).json()["access_token"]
+    api_sub = _claims(api_token)["sub"]
+    assert api_sub != roles_sub and {api_sub[:2], roles_sub[:2]} == {"s-"}  # two sectors, unlinkable
+    by_roles = _audit_export(chain, "--subject", roles_sub)
+    by_api = _audit_export(chain, "--subject", api_sub)
+    issued = [(r["type"], r["detail"]["jti"]) for r in by_roles + by_api]
+    assert issued == [("token.issued", _claims(body["access_token"])["jti"]),
+                      ("token.refreshed", _claims(refreshed)["jti"]),
+                      ("token.exchanged", _claims(api_token)["jti"])]
+    persons = {r["person"] for r in by_roles + by_api}
+    assert len(persons) == 1 and persons.pop().startswith("p-")
+    everything = _audit_export(chain, "--person", by_api[0]["person"])
+    assert {"login.completed", "token.issued", "token.refreshed", "token.exchanged"} <= {
+        r["type"] for r in everything}
 
 
 # -- refresh tokens ------------------------------------------------------------------------------------

@@ -194,10 +194,27 @@ def test_export_needs_a_filter_or_all(config: Path, settings: Settings,
         capsys: pytest.CaptureFixture[str]) -> None:
     populate(settings)
     code, out, err = run(config, "export", capsys=capsys)
-    assert code == 2 and out == "" and "--person, --client or --team" in err
+    assert code == 2 and out == "" and "--person, --client, --team or --subject" in err
     assert open_log(settings).head().seq == 8  # nothing recorded, nothing exported
     code, out, _ = run(config, "export", "--all", "--format", "jsonl", capsys=capsys)
     assert code == 0 and len(out.splitlines()) == 9  # the export itself is the 9th event
+
+
+def test_export_by_subject_finds_the_person_behind_a_pairwise_sub(
+        config: Path, settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = open_log(settings)
+    for person, client, sub in (("p-anna", "portaal", "s-anna-keten"), ("p-anna", "casus", "s-anna-zorg"),
+                                ("p-bert", "portaal", "s-bert-keten")):
+        audit.record(AuditEvent(type=EventType.TOKEN_ISSUED, person=person, client=client,
+                                detail={"jti": f"j-{sub}", "subject": sub}))
+    audit.close()
+    code, out, _ = run(config, "export", "--subject", "s-anna-zorg", "--purpose", "case 12", capsys=capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(r["person"], r["client"]) for r in rows] == [("p-anna", "casus")]
+    code, out, _ = run(config, "export", "--subject", "s-anna-keten", "--client", "casus", capsys=capsys)
+    assert code == 0 and out == ""  # filters combine
+    exported = [r for r in records(open_log(settings)) if r.event["type"] == "audit.exported"]
+    assert exported[0].event["detail"]["filter"] == {"subject": "s-anna-zorg"}
 
 
 def test_no_export_leaves_when_the_export_cannot_be_recorded(

@@ -143,6 +143,14 @@ def test_identifier_fields_refuse_tokens_but_take_random_looking_ids(field: str)
         full_event(**{field: SECRETS["a signed JWT"]})
 
 
+@pytest.mark.parametrize("key", ["jti", "sid", "subject"])
+def test_identifier_detail_keys_take_random_looking_ids_but_refuse_tokens(key: str) -> None:
+    """``subject`` holds the ``sub`` a token was issued with: a pairwise HMAC or person id."""
+    assert full_event(detail={key: "Kq3x9ZbT0vLmN2pRs8WuYa"}).detail[key] == "Kq3x9ZbT0vLmN2pRs8WuYa"
+    with pytest.raises(UnsafeAuditValue, match=f"detail.{key}"):
+        full_event(detail={key: SECRETS["a signed JWT"]})
+
+
 @pytest.mark.parametrize("field", ["roles", "scopes", "factors", "audience"])
 def test_list_fields_refuse_tokens(field: str) -> None:
     with pytest.raises(UnsafeAuditValue, match=rf"{field}\[1\]"):
