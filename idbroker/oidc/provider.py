@@ -504,6 +504,16 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def grant_type_detail(grant_type: str | None) -> dict[str, str]:
+    """How a refused ``/token`` request's ``grant_type`` is audited. It is whatever the caller
+    sent: one the broker serves (:data:`GRANT_TYPES`) is recorded as is, anything else only by
+    its SHA-256, so no request can put text of its choosing into the trail, nor make the
+    refusal unrecordable (control characters, a secret-looking string)."""
+    if not grant_type or grant_type in GRANT_TYPES:
+        return {"grant_type": grant_type or ""}
+    return {"grant_type_sha256": _sha256(grant_type)}
+
+
 class _NothingRevoked:
     """For telling a revoked token from a bad one: this check revokes nothing."""
 
@@ -605,6 +615,10 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):
                                     detail={"grant_type": "token_exchange"})
             raise _oauth_error(error) from None
         return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+#: The grant types ``/token`` serves (discovery's ``grant_types_supported``).
+GRANT_TYPES = (CodeGrant.GRANT_TYPE, RefreshGrantWithRotation.GRANT_TYPE, TokenExchangeGrant.GRANT_TYPE)
 
 
 class _TokenEndpoint:
@@ -936,17 +950,36 @@ class Provider:
                        detail: dict[str, Any] | None = None) -> None:
         """A refusal at the token endpoints; a broken audit store is logged, not a 500. It
         hands nothing out, so it is not synced on its own (``durable=False``): the next
-        durable event, before any token, syncs it too."""
-        try:
+        durable event, before any token, syncs it too. Never raises :class:`UnsafeAuditValue`:
+        the client's answer must not depend on what its request did to the audit record."""
+        event = self._refusal_event(type_, reason, client_id, detail or {})
+        if event is not None:
             try:
-                event = AuditEvent(type=type_, outcome="refused", reason=reason, client=client_id,
-                                   detail=detail or {}, **self.audit_context())
-            except UnsafeAuditValue:  # a client_id from the request that may not be recorded
-                event = AuditEvent(type=type_, outcome="refused", reason=reason, detail=detail or {})
-            self.audit.record(event, durable=False)
-        except AuditUnavailable as error:
-            _log.error("audit trail unavailable; refusal %s NOT recorded: %s", reason, error)
+                self.audit.record(event, durable=False)
+            except AuditUnavailable as error:
+                _log.error("audit trail unavailable; refusal %s NOT recorded: %s", reason, error)
         refusal_recorded.set(True)
+
+    def _refusal_event(self, type_: EventType, reason: str, client_id: str | None,
+                       detail: dict[str, Any]) -> AuditEvent | None:
+        """The refusal's event with as much as the audit guard lets through: a ``client_id``
+        from the request, or a detail, that may not be recorded is left out (the event says
+        ``unsafe_value_dropped``, as :func:`idbroker.web.audit` does), never the refusal itself.
+        None, logged as an error naming only the field, if not even that can be recorded."""
+        context = self.audit_context()
+        refused: UnsafeAuditValue | None = None
+        for client, kept in ((client_id, detail), (None, detail), (client_id, {}), (None, {})):
+            dropped = (client is None and client_id is not None) or (not kept and bool(detail))
+            try:
+                return AuditEvent(type=type_, outcome="refused", reason=reason, client=client,
+                                  detail={**kept, "unsafe_value_dropped": True} if dropped else kept,
+                                  **context)
+            except UnsafeAuditValue as error:
+                if refused is None:
+                    _log.warning("refusal %s: %s; recorded without the outside values", reason, error)
+                refused = error
+        _log.error("refusal %s NOT recorded: %s", reason, refused)
+        return None
 
     # -- per SSO session: the profile for /userinfo (tokens carry no personal data) and
     # -- who the session is, for token exchange (a pairwise sub cannot be turned back) --

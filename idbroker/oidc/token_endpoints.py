@@ -29,7 +29,7 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
-from idbroker.oidc.provider import refusal_recorded
+from idbroker.oidc.provider import grant_type_detail, refusal_recorded
 from idbroker.store import StoreUnavailable
 
 log = logging.getLogger("idbroker")
@@ -149,7 +149,7 @@ class TokenEndpoints:
                 error = answer.get("error") if isinstance(answer, dict) else None
                 self.provider.record_refusal(error if isinstance(error, str) else "invalid_request",
                                              payload.data.get("client_id"),
-                                             detail={"grant_type": payload.data.get("grant_type", "")[:64]})
+                                             detail=grant_type_detail(payload.data.get("grant_type")))
             return status, answer, headers
         return self.server.create_endpoint_response(endpoint, request)
 

@@ -24,10 +24,10 @@ from idbroker.oidc.flow import (
 from idbroker.oidc.provider import (
     CLIENT_ASSERTION_ALGORITHMS,
     CLIENT_AUTH_METHODS,
+    GRANT_TYPES,
     SCOPE_CLAIMS,
     SUPPORTED_SCOPES,
 )
-from idbroker.tokens import GRANT_TYPE as TOKEN_EXCHANGE
 from idbroker.web import (
     SESSION_COOKIE,
     audit,
@@ -119,7 +119,7 @@ def discovery() -> Response:
         "scopes_supported": list(SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
+        "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["pairwise", "public"],
         "id_token_signing_alg_values_supported": ["ES256", "RS256", "PS256"],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import io
 import json
 import time
@@ -431,6 +432,65 @@ def test_token_endpoint_refusals_carry_the_callers_request_id_and_address(chain:
                 if r.event.get("correlation_id") == "req-token-endpoint-61"]
     assert [(e["type"], e["reason"], e["source_ip"], e["user_agent"]) for e in refusals] == [
         ("refusal", "invalid_grant", "127.0.0.1", "api-gateway/1.0")]
+
+
+def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
+    return [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
+
+
+@pytest.mark.parametrize("grant_type", [
+    pytest.param("refresh_token\n", id="newline"), pytest.param("a" * 50, id="hex-like"),
+    pytest.param("x\x00", id="nul"), pytest.param("client_credentials", id="not-served")])
+def test_an_unsupported_grant_type_is_refused_and_audited_by_its_hash_only(chain: Chain,
+                                                                          grant_type: str) -> None:
+    """Whatever the caller put in ``grant_type`` is its own text: the trail gets its SHA-256."""
+    digest = hashlib.sha256(grant_type.encode()).hexdigest()
+    request_id = f"req-grant-type-{digest[:16]}"
+    form = {"grant_type": grant_type, **_auth(chain, ROLES_CLIENT)}
+    reply = requests.post(f"{chain.base}/token", data=form, headers={"X-Request-ID": request_id}, timeout=5)
+    _assert_json_answer(reply, 400, "unsupported_grant_type")
+    assert [(e["type"], e["reason"], e["client"], e["detail"]) for e in _refusals_of(chain, request_id)] == [
+        ("refusal", "unsupported_grant_type", ROLES_CLIENT, {"grant_type_sha256": digest})]
+
+
+def test_a_served_grant_type_is_audited_as_sent(chain: Chain) -> None:
+    reply = requests.post(f"{chain.base}/token", data={"grant_type": "refresh_token", "refresh_token": "x"},
+                          headers={"X-Request-ID": "req-grant-type-served"}, timeout=5)
+    _assert_json_answer(reply, 401, "invalid_client")
+    assert [(e["reason"], e["detail"]) for e in _refusals_of(chain, "req-grant-type-served")] == [
+        ("invalid_client", {"grant_type": "refresh_token"})]
+
+
+@pytest.mark.parametrize("client_id", [pytest.param("roles\x01client", id="control-character"),
+                                       pytest.param("c" * 5000, id="5000-characters")])
+def test_a_client_id_that_may_not_be_recorded_is_left_out_of_the_refusal_not_the_refusal(
+        chain: Chain, client_id: str) -> None:
+    request_id = f"req-unsafe-client-{len(client_id)}"
+    for grant_type in ("refresh_token", "a" * 50):
+        reply = requests.post(f"{chain.base}/token", data={"grant_type": grant_type, "client_id": client_id},
+                              headers={"X-Request-ID": request_id}, timeout=5)
+        assert reply.status_code in (400, 401) and reply.json()["error"] in ("invalid_client",
+                                                                            "unsupported_grant_type")
+    events = _refusals_of(chain, request_id)
+    assert [(e["reason"], "client" in e, e["source_ip"]) for e in events] == [
+        ("invalid_client", False, "127.0.0.1"), ("unsupported_grant_type", False, "127.0.0.1")]
+    assert events[0]["detail"] == {"grant_type": "refresh_token", "unsafe_value_dropped": True}
+    assert events[1]["detail"] == {"grant_type_sha256": hashlib.sha256(b"a" * 50).hexdigest(),
+                                   "unsafe_value_dropped": True}
+
+
+def test_a_refusal_that_cannot_be_recorded_at_all_is_logged_without_its_values(
+        chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
+    """Not reachable from a request (reasons are the broker's own codes): the last resort."""
+    app = create_app(chain.broker.settings, broker=chain.broker)
+    before = chain.broker.audit.head()
+    with app.test_request_context("/token", method="POST"):
+        chain.broker.provider.record_refusal("Not A Reason Code", "client\x01",
+                                             detail={"grant_type": "x\x00"})
+    assert chain.broker.audit.head() == before
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "NOT recorded" in errors[-1]
+    assert not any("\x00" in m or "\x01" in m for m in caplog.messages)
 
 
 def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
