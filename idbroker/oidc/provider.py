@@ -7,6 +7,7 @@ single-use), and how tokens are signed (the key ring). The OAuth protocol is aut
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import hashlib
 import hmac
@@ -310,6 +311,35 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         ttl = max(1.0, float(claims["exp"]) - time.time() + self.leeway)
         key = secret_key(f"{claims['sub']}\x1f{jti}")
         return self.provider.store.add("client-jti", key, {"at": int(time.time())}, ttl)
+
+
+def _presented_client_credentials(request: OAuth2Request) -> list[str]:
+    """The client authentication methods a token endpoint request carries credentials for,
+    well-formed or not: HTTP Basic, a client assertion (RFC 7523), a secret in the body."""
+    form = request.form
+    presented = ["client_secret_basic"] if _basic_credentials(request) is not None else []
+    if "client_assertion" in form or "client_assertion_type" in form:
+        presented.append("client_assertion")
+    if "client_secret" in form:
+        presented.append("client_secret_post")
+    return presented
+
+
+def _basic_credentials(request: OAuth2Request) -> str | None:
+    """What follows ``Basic`` in the Authorization header; None for no header or another scheme."""
+    scheme, _, credentials = (request.headers.get("Authorization") or "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "basic" else None
+
+
+def _check_basic_credentials(credentials: str) -> None:
+    """Basic credentials authlib can read: base64 of UTF-8 ``client_id:client_secret``
+    (RFC 7617, RFC 6749 §2.3.1); anything else is ``invalid_client``."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 (UnicodeDecodeError)
+        decoded = ""
+    if ":" not in decoded:
+        raise InvalidClientError(status_code=401, description="The Basic credentials cannot be read.")
 
 
 def _jws_header(token: str) -> dict[str, Any]:
@@ -685,6 +715,26 @@ class TokenServer(OAuth2AuthorizationServer):
 
     def query_client(self, client_id: str) -> Client | None:
         return self.provider.query_client(client_id)
+
+    def authenticate_client(self, request: OAuth2Request, methods: list[str],
+                            endpoint: str = "token") -> Client:
+        """authlib's client authentication, for every grant and endpoint, after two checks of
+        the request's form that come before any credential is looked at:
+
+        - RFC 6749 §2.3: a client MUST NOT use more than one authentication method in a
+          request; one that does is ``invalid_request`` (§5.2 names exactly this), whichever
+          of its credentials would have passed. ``client_id`` alone is no credential.
+        - an ``Authorization: Basic`` header that is not base64 of UTF-8 ``id:secret``
+          (RFC 7617) is ``invalid_client``, 401 with a Basic challenge (§5.2), where
+          authlib's parser would fail with an exception."""
+        presented = _presented_client_credentials(request)
+        if len(presented) > 1:
+            raise InvalidRequestError("Use one client authentication method per request, not "
+                                      f"{' and '.join(presented)}.")
+        basic = _basic_credentials(request)
+        if basic is not None:
+            _check_basic_credentials(basic)
+        return super().authenticate_client(request, methods, endpoint)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Nothing to save: access tokens are JWTs, refresh tokens are stored when made."""

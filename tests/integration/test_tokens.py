@@ -20,7 +20,14 @@ from joserfc.jwk import KeySet
 from idbroker.app import create_app
 from idbroker.audit import cli as audit_cli
 from idbroker.audit.log import records
-from tests.integration.conftest import API_CLIENT, ROLES_CLIENT, STEPUP_ORG, Chain, running_chain
+from tests.integration.conftest import (
+    API_CLIENT,
+    BASIC_SECRET,
+    ROLES_CLIENT,
+    STEPUP_ORG,
+    Chain,
+    running_chain,
+)
 from tests.support.browser import Browser
 from tests.support.forgery import FORGERIES, forge
 
@@ -432,6 +439,54 @@ def test_token_endpoint_refusals_carry_the_callers_request_id_and_address(chain:
                 if r.event.get("correlation_id") == "req-token-endpoint-61"]
     assert [(e["type"], e["reason"], e["source_ip"], e["user_agent"]) for e in refusals] == [
         ("refusal", "invalid_grant", "127.0.0.1", "api-gateway/1.0")]
+
+
+#: Everything a token endpoint might need in one form: what decides is the client authentication.
+_ANY_ENDPOINT = {"grant_type": "refresh_token", "refresh_token": "x", "token": "x"}
+
+
+def _basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+@pytest.mark.parametrize("path", ["token", "introspect", "revoke"])
+@pytest.mark.parametrize("authorization", [
+    pytest.param("Basic ", id="empty"), pytest.param(_basic(b"\xff:\xff"), id="not-utf8"),
+    pytest.param("Basic \xe9", id="not-ascii"), pytest.param("Basic !!!", id="not-base64"),
+    pytest.param(_basic(Chain.basic_id.encode()), id="no-colon")])
+def test_unreadable_basic_credentials_are_invalid_client_with_a_basic_challenge(
+        chain: Chain, path: str, authorization: str) -> None:
+    """RFC 6749 §5.2: a client that tried the Authorization header gets 401 and a challenge."""
+    reply = requests.post(f"{chain.base}/{path}", data=_ANY_ENDPOINT, timeout=5,
+                          headers={"Authorization": authorization})
+    _assert_json_answer(reply, 401, "invalid_client")
+    assert reply.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("path", ["token", "introspect", "revoke"])
+def test_two_client_authentication_methods_are_refused_before_either_is_checked(chain: Chain,
+                                                                               path: str) -> None:
+    """RFC 6749 §2.3: one method per request; §5.2: more than one is ``invalid_request``."""
+    with_assertion = _ANY_ENDPOINT | _auth(chain, ROLES_CLIENT)
+    wrong_basic = requests.post(f"{chain.base}/{path}", data=with_assertion, auth=(chain.basic_id, "wrong"),
+                                timeout=5)
+    _assert_json_answer(wrong_basic, 400, "invalid_request")
+    secret_twice = requests.post(f"{chain.base}/{path}", data=_ANY_ENDPOINT | {"client_secret": BASIC_SECRET},
+                                 auth=(chain.basic_id, BASIC_SECRET), timeout=5)
+    _assert_json_answer(secret_twice, 400, "invalid_request")
+    # The assertion was not looked at: its jti is unused, and on its own it authenticates.
+    alone = requests.post(f"{chain.base}/{path}", data=with_assertion, timeout=5)
+    if path == "token":
+        _assert_json_answer(alone, 400, "invalid_grant")  # past client authentication
+    else:
+        _assert_json_answer(alone, 200)
+
+
+def test_client_id_beside_basic_credentials_is_no_second_method(chain: Chain) -> None:
+    """RFC 6749 §2.2/§3.2.1: ``client_id`` identifies the client, it does not authenticate it."""
+    reply = requests.post(f"{chain.base}/introspect", data={"token": "x", "client_id": chain.basic_id},
+                          auth=(chain.basic_id, BASIC_SECRET), timeout=5)
+    assert _assert_json_answer(reply, 200) == {"active": False}
 
 
 def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
