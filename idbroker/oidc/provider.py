@@ -663,8 +663,15 @@ class _TokenEndpoint:
 
     def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         client: Client = self.authenticate_endpoint_client(request)  # type: ignore[attr-defined]
-        self.check_params(request, client)  # type: ignore[attr-defined]
+        self.check_params(request, client)
         return 200, self.answer(request.form["token"], client), default_json_headers
+
+    def check_params(self, request: Any, client: Client) -> None:
+        """``token`` is required. ``token_type_hint`` is only a hint: :meth:`answer` looks
+        among all the broker's token types whatever it says (RFC 7662 §2.1, RFC 7009 §2.1),
+        so a hint authlib does not know is ignored, not refused (``unsupported_token_type``)."""
+        if "token" not in request.form:
+            raise InvalidRequestError()
 
     def answer(self, token: str, client: Client) -> dict[str, Any]:
         raise NotImplementedError

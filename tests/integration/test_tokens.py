@@ -239,6 +239,22 @@ def test_a_revoked_token_is_inactive_on_every_instance_and_its_use_is_audited(ch
     assert dead.json()["error"] == "invalid_grant"
 
 
+@pytest.mark.parametrize("hint", ["bogus", "refresh_token"])
+def test_a_token_type_hint_does_not_stop_the_token_being_found(chain: Chain, hint: str) -> None:
+    """RFC 7662 §2.1, RFC 7009 §2.1: an unknown or wrong hint is no refusal; the broker
+    looks among all its token types."""
+    body = _roles_login(chain, 41 if hint == "bogus" else 42)
+    token = body["access_token"]
+    seen = _post(chain, "introspect", ROLES_CLIENT, token=token, token_type_hint=hint)
+    assert seen.status_code == 200 and seen.json()["active"] is True
+    assert _post(chain, "revoke", ROLES_CLIENT, token=token, token_type_hint=hint).status_code == 200
+    gone = _post(chain, "introspect", ROLES_CLIENT, token=token, token_type_hint=hint)
+    assert gone.json() == {"active": False}
+    family = _post(chain, "revoke", ROLES_CLIENT, token=body["refresh_token"], token_type_hint=hint)
+    assert family.status_code == 200
+    assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
+
+
 def test_logout_ends_the_sessions_tokens(chain: Chain) -> None:
     query, request, browser = chain.login(scope="openid offline_access")
     body = chain.redeem(query["code"][0], request["verifier"]).json()
