@@ -733,7 +733,11 @@ class TokenServer(OAuth2AuthorizationServer):
           of its credentials would have passed. ``client_id`` alone is no credential.
         - an ``Authorization: Basic`` header that is not base64 of UTF-8 ``id:secret``
           (RFC 7617) is ``invalid_client``, 401 with a Basic challenge (§5.2), where
-          authlib's parser would fail with an exception."""
+          authlib's parser would fail with an exception.
+
+        And after: a ``client_id`` in the form names the client the credentials authenticate
+        (RFC 6749 §3.2.1), or the request is ``invalid_client``; refusals are audited under
+        the form's ``client_id``, so it must never name another client than the caller."""
         presented = _presented_client_credentials(request)
         if len(presented) > 1:
             raise InvalidRequestError("Use one client authentication method per request, not "
@@ -741,7 +745,12 @@ class TokenServer(OAuth2AuthorizationServer):
         basic = _basic_credentials(request)
         if basic is not None:
             _check_basic_credentials(basic)
-        return super().authenticate_client(request, methods, endpoint)
+        client: Client = super().authenticate_client(request, methods, endpoint)
+        named = request.form.get("client_id")
+        if named is not None and named != client.client_id:
+            raise InvalidClientError(status_code=401,
+                                     description="The client_id is not the authenticated client.")
+        return client
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Nothing to save: access tokens are JWTs, refresh tokens are stored when made."""

@@ -505,6 +505,17 @@ def test_client_id_beside_basic_credentials_is_no_second_method(chain: Chain) ->
     assert _assert_json_answer(reply, 200) == {"active": False}
 
 
+@pytest.mark.parametrize("endpoint", ["token", "introspect", "revoke"])
+def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_client(
+        chain: Chain, endpoint: str) -> None:
+    """A refusal is audited under the form's ``client_id``: it may not name someone else."""
+    form = {"token": "x", "grant_type": "refresh_token", "refresh_token": "x", "client_id": ROLES_CLIENT}
+    for auth in ({"auth": (chain.basic_id, BASIC_SECRET)}, {"data": _auth(chain, chain.rp_id)}):
+        data = {**form, **auth.get("data", {}), "client_id": ROLES_CLIENT}
+        reply = requests.post(f"{chain.base}/{endpoint}", data=data, auth=auth.get("auth"), timeout=5)
+        _assert_json_answer(reply, 401, "invalid_client")
+
+
 def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
     return [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
 
