@@ -9,6 +9,7 @@ import json
 import secrets
 import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -302,6 +303,20 @@ def chain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """One running chain per test module and store backend; tests keep apart by browser."""
     with running_chain(tmp_path_factory.mktemp("chain"), store_overrides(request)) as running:
         yield running
+
+
+@contextmanager
+def audit_locked(chain: Chain) -> Iterator[None]:
+    """Another process holds the SQLite audit file's write lock: every write fails (after the
+    log's busy timeout), as with a full or broken disk."""
+    path = chain.broker.settings.audit_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def _closed_port() -> int:

@@ -7,10 +7,8 @@ import base64
 import json
 import logging
 import re
-import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from idbroker.app import create_app
 from idbroker.audit import AuditUnavailable, open_for_settings
 from idbroker.audit.log import records
 from idbroker.audit.verify import verify
-from tests.integration.conftest import STEPUP_ORG, Chain, running_chain
+from tests.integration.conftest import STEPUP_ORG, Chain, audit_locked, running_chain
 from tests.support.browser import Browser, TotpApp
 from tests.support.redis_server import running_redis_server
 
@@ -95,20 +93,6 @@ def test_logout_is_recorded(chain: Chain) -> None:
 # -- fail closed ----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _audit_locked(chain: Chain) -> Iterator[None]:
-    """Another process holds the SQLite audit file's write lock: every write fails (after the
-    log's busy timeout), as with a full or broken disk."""
-    path = chain.broker.settings.audit_url.removeprefix("sqlite:///")
-    holder = sqlite3.connect(path, isolation_level=None, timeout=1)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-
-
 @pytest.fixture
 def sqlite_chain(tmp_path: Path) -> Iterator[Chain]:
     with running_chain(tmp_path) as chain:
@@ -119,7 +103,7 @@ def test_no_token_leaves_without_its_record(sqlite_chain: Chain) -> None:
     chain = sqlite_chain
     query, request, browser = chain.login(Browser())
     tokens_before = [e for e in _events(chain) if e["type"] == "token.issued"]
-    with _audit_locked(chain):
+    with audit_locked(chain):
         reply = chain.redeem(query["code"][0], request["verifier"])
         assert reply.status_code == 503, reply.text
         assert reply.json()["error"] == "temporarily_unavailable" and "access_token" not in reply.text
@@ -139,7 +123,7 @@ def test_no_session_is_handed_out_without_its_record(sqlite_chain: Chain) -> Non
     browser = Browser()
     url, _ = chain.authorize_url()
     at_idp = browser.go(url, stop_at=f"{chain.base}/upstream/")  # the IdP's answer, not yet fetched
-    with _audit_locked(chain):
+    with audit_locked(chain):
         back = browser.http.get(at_idp.url, allow_redirects=False, timeout=30)
     assert back.status_code == 503 and "tijdelijk niet beschikbaar" in back.text
     assert "idb_session" not in back.cookies and not browser.http.cookies.get("idb_session")
