@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from idbroker.tokens.refresh import IDLE_TIMEOUT as REFRESH_IDLE_LIMIT
+
 ENV_PREFIX = "IDBROKER_"
 
 
@@ -51,6 +53,16 @@ class TokenSettings(_Section):
     access_token_lifetime: int = Field(300, ge=60, le=3600)
     client_assertion_max_age: int = Field(300, ge=30, le=3600)
     clock_skew: int = Field(60, ge=0, le=300)
+    refresh_token_idle_timeout: int = Field(REFRESH_IDLE_LIMIT, gt=0,
+                                            description="seconds a refresh token may go unused")
+
+    @field_validator("refresh_token_idle_timeout")
+    @classmethod
+    def _refresh_idle_within_profile(cls, value: int) -> int:
+        if value > REFRESH_IDLE_LIMIT:
+            raise ValueError(f"must be at most {REFRESH_IDLE_LIMIT} seconds (6 hours, the NL GOV "
+                             "Assurance profile's limit for an unused refresh token)")
+        return value
 
 
 class HttpSettings(_Section):

@@ -783,7 +783,8 @@ class Provider:
         #: which knows the request; this module does not).
         self.audit_context: Any = dict
         self.revocations = Revocations(store, leeway=settings.tokens.clock_skew)
-        self.refresh = RefreshTokens(store, self.revocations)
+        self.refresh = RefreshTokens(store, self.revocations,
+                                     idle_timeout=settings.tokens.refresh_token_idle_timeout)
         self.client_keys = ClientKeys(settings.http.upstream_timeout)
         self.server, self.token_server = self._build_servers()
 

@@ -10,9 +10,11 @@ hash as spent in ``refresh-used``: of two concurrent rotations of one token exac
 creates the marker and gets the next token; the other is reuse. The marker stays until the
 family's absolute expiry, so a replay long after the rotation is still recognised.
 
-Limits: a token expires after ``idle_timeout`` without use (6 hours, NL GOV Assurance
-profile) and the family at its absolute expiry, the SSO session's ``absolute_timeout``
-after login. Nothing here knows HTTP or authlib: the token endpoint calls :meth:`rotate`.
+Limits: a token expires after ``idle_timeout`` without use (the setting
+``tokens.refresh_token_idle_timeout``, at most 6 hours: NL GOV Assurance profile) and the
+family at its absolute expiry, the SSO session's ``absolute_timeout`` after login.
+
+Nothing here knows HTTP or authlib: the token endpoint calls :meth:`rotate`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from idbroker.store import Spent, Store, secret_key
 from idbroker.tokens.errors import INVALID_GRANT, RefreshReuse, TokenError
 from idbroker.tokens.revocation import Revocations
 
-#: NL GOV Assurance profile for OAuth 2.0: refresh tokens expire after at most 6 hours idle.
+#: NL GOV Assurance profile for OAuth 2.0: refresh tokens expire after at most 6 hours idle
+#: (the default and the most ``tokens.refresh_token_idle_timeout`` may be).
 IDLE_TIMEOUT = 6 * 3600
 _TOKENS = "refresh"
 _USED = "refresh-used"

@@ -175,6 +175,15 @@ def test_no_refresh_token_without_offline_access_and_none_for_another_client(cha
     assert basic.status_code == 401
 
 
+def test_the_configured_refresh_idle_limit_is_enforced(tmp_path: Path) -> None:
+    with running_chain(tmp_path, {"tokens.refresh_token_idle_timeout": 2}) as chain:
+        token = _roles_login(chain, 67)["refresh_token"]
+        time.sleep(2.5)
+        idle = _refresh(chain, ROLES_CLIENT, token)
+        assert idle.status_code == 400 and idle.json()["error"] == "invalid_grant", idle.text
+        assert "expired" in idle.json()["error_description"]
+
+
 def test_a_refresh_re_evaluates_the_policy(tmp_path: Path) -> None:
     """A person removed from the team loses access at the next refresh."""
     with running_chain(tmp_path) as chain:

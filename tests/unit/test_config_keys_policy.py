@@ -37,12 +37,23 @@ def test_environment_overrides_the_file_and_relative_paths_follow_the_file(tmp_p
     ({"IDBROKER_ISSUER": "http://broker.example"}, "issuer: must be an https:// URL"),
     ({"IDBROKER_HTTP__TRUSTED_PROXIES": "[not-an-ip]"}, "http.trusted_proxies"),
     ({"IDBROKER_ISSUER": ""}, "issuer"),
+    ({"IDBROKER_TOKENS__REFRESH_TOKEN_IDLE_TIMEOUT": "21601"},
+     "tokens.refresh_token_idle_timeout: must be at most 21600 seconds (6 hours, the NL GOV"),
+    ({"IDBROKER_TOKENS__REFRESH_TOKEN_IDLE_TIMEOUT": "0"},
+     "tokens.refresh_token_idle_timeout: Input should be greater than 0"),
 ])
 def test_a_bad_setting_is_named(environ: dict, named: str) -> None:
     base = {"IDBROKER_ISSUER": "https://broker.example"}
     with pytest.raises(ConfigError) as error:
         load_settings(environ=base | environ)
     assert named in str(error.value)
+
+
+def test_the_refresh_idle_limit_is_six_hours_unless_set_shorter() -> None:
+    base = {"IDBROKER_ISSUER": "https://broker.example"}
+    assert load_settings(environ=base).tokens.refresh_token_idle_timeout == 6 * 3600
+    shorter = load_settings(environ=base | {"IDBROKER_TOKENS__REFRESH_TOKEN_IDLE_TIMEOUT": "900"})
+    assert shorter.tokens.refresh_token_idle_timeout == 900
 
 
 def test_missing_issuer_is_named() -> None:
