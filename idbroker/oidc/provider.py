@@ -569,28 +569,32 @@ class _RevokedAndSession:
         return revoked
 
 
-class _RotatedRefreshToken:
-    """A refresh token that :class:`RefreshTokens` has just rotated, as authlib's grant
-    wants it: the scope is what the policy grants now, not what it granted at login."""
+class _RedeemableRefreshToken:
+    """A refresh token :meth:`RefreshTokens.redeemable` found good, not yet spent, as
+    authlib's grant wants it: the scope is what the policy grants now, not at login."""
 
-    def __init__(self, grant: RefreshGrant, scope: str) -> None:
+    def __init__(self, token: str, grant: RefreshGrant, user: BrokerUser) -> None:
+        self.token = token
         self.grant = grant
-        self.scope = scope
+        self.user = user
 
     def check_client(self, client: Client) -> bool:
         return client.client_id == self.grant.client_id
 
     def get_scope(self) -> str:
-        return self.scope
+        return self.user.scope or ""
 
 
 class RefreshGrantWithRotation(RefreshTokenGrant):
     """RFC 6749 §6 with rotation on every use, reuse detection (the family is revoked) and the
-    policy evaluated again: a person who left the team gets ``invalid_grant``."""
+    policy evaluated again: a person who left the team gets ``invalid_grant``.
+
+    The presented token is spent only in :meth:`issue_token`, after every check of the request
+    (its scope) has passed: a refused request leaves it as it was."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
-    def authenticate_refresh_token(self, refresh_token: str) -> _RotatedRefreshToken:
+    def authenticate_refresh_token(self, refresh_token: str) -> _RedeemableRefreshToken:
         provider: Provider = self.server.provider
         client: Client = self.request.client
         found: dict[str, Any] = {}
@@ -599,28 +603,56 @@ class RefreshGrantWithRotation(RefreshTokenGrant):
             found.update(provider.regranted(grant, client.policy))
 
         try:
-            self.rotated, grant = provider.refresh.rotate(refresh_token, client.client_id,
-                                                          check=still_granted)
+            grant = provider.refresh.redeemable(refresh_token, client.client_id, check=still_granted)
         except RefreshReuse as reuse:
-            provider.record_refusal("refresh_token_reuse", client.client_id,
-                                    detail={"family_sha256": _sha256(reuse.family)})
-            raise _oauth_error(reuse) from None
+            raise self._reuse_refused(reuse) from None
         except TokenError as error:
             provider.record_refusal(error.error, client.client_id, detail={"grant_type": "refresh_token"})
             raise _oauth_error(error) from None
-        self.user = found["user"]
-        return _RotatedRefreshToken(grant, found["user"].scope)
+        return _RedeemableRefreshToken(refresh_token, grant, found["user"])
 
-    def authenticate_user(self, refresh_token: _RotatedRefreshToken) -> BrokerUser:
-        return self.user
+    def authenticate_user(self, refresh_token: _RedeemableRefreshToken) -> BrokerUser:
+        return refresh_token.user
 
-    def issue_token(self, user: BrokerUser, refresh_token: _RotatedRefreshToken) -> dict[str, Any]:
-        token = super().issue_token(user, refresh_token)
-        token["refresh_token"] = self.rotated
+    def issue_token(self, user: BrokerUser, refresh_token: _RedeemableRefreshToken) -> dict[str, Any]:
+        """Rotate now, every check passed, before the access token is made (and audited): of
+        two concurrent uses exactly one gets here; the other is reuse. If the answer then
+        cannot be made, the rotation is undone, so the client's retry is not taken for theft."""
+        provider: Provider = self.server.provider
+        try:
+            successor, _ = provider.refresh.spend(refresh_token.token, refresh_token.grant)
+        except RefreshReuse as reuse:
+            raise self._reuse_refused(reuse) from None
+        try:
+            token = super().issue_token(user, refresh_token)
+        except Exception:
+            self._undo_rotation(refresh_token, successor)
+            raise
+        token["refresh_token"] = successor
         return token
 
-    def revoke_old_credential(self, refresh_token: _RotatedRefreshToken) -> None:
-        """Already done: :meth:`RefreshTokens.rotate` used the old token up."""
+    def revoke_old_credential(self, refresh_token: _RedeemableRefreshToken) -> None:
+        """Already done: :meth:`issue_token` spent the old token."""
+
+    def _reuse_refused(self, reuse: RefreshReuse) -> OAuth2Error:
+        self.server.provider.record_refusal("refresh_token_reuse", self.request.client.client_id,
+                                            detail={"family_sha256": _sha256(reuse.family)})
+        return _oauth_error(reuse)
+
+    def _undo_rotation(self, refresh_token: _RedeemableRefreshToken, successor: str) -> None:
+        """Best effort: the successor never left, so the presented token may be current again.
+        If that fails too, it stays spent (fail closed: the client logs in again)."""
+        family = _sha256(refresh_token.grant.family)
+        try:
+            undone = self.server.provider.refresh.undo_spend(refresh_token.token, refresh_token.grant,
+                                                            successor)
+        except Exception as error:  # the original failure is what propagates
+            _log.error("refresh rotation not undone after a failed answer (%s); family sha256=%s stays "
+                       "spent", type(error).__name__, family)
+            return
+        if not undone:
+            _log.error("refresh rotation not undone after a failed answer (successor already spent); "
+                       "family sha256=%s stays spent", family)
 
 
 class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):

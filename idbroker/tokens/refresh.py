@@ -14,7 +14,10 @@ Limits: a token expires after ``idle_timeout`` without use (the setting
 ``tokens.refresh_token_idle_timeout``, at most 6 hours: NL GOV Assurance profile) and the
 family at its absolute expiry, the SSO session's ``absolute_timeout`` after login.
 
-Nothing here knows HTTP or authlib: the token endpoint calls :meth:`rotate`.
+Nothing here knows HTTP or authlib: the token endpoint asks
+:meth:`RefreshTokens.redeemable` first (which spends nothing, so a request refused for its
+scope or resource leaves the token as it was), then :meth:`RefreshTokens.spend` once every
+check has passed, and :meth:`RefreshTokens.undo_spend` if the answer cannot be delivered.
 """
 
 from __future__ import annotations
@@ -102,20 +105,30 @@ class RefreshTokens:
             organisation=organisation, team=team, level=level, amr=tuple(amr), auth_time=int(auth_time),
             scope=scope, audience=audience, absolute_expires_at=int(absolute_expires_at),
             identity=dict(identity or {}), issued_at=int(now), generation=0)
-        token, ttl = self._next_token(grant, now)
-        self.store.put(_TOKENS, secret_key(token), grant.to_record(), ttl)
+        token = secrets.token_urlsafe(32)
+        self.store.put(_TOKENS, secret_key(token), grant.to_record(), self._unused_for(grant, now))
         return token, grant
 
     def rotate(self, token: str, client_id: str, now: float | None = None, *,
                check: Callable[[RefreshGrant], None] | None = None) -> tuple[str, RefreshGrant]:
-        """Redeem ``token`` for ``client_id``: the family's next token and the grant.
+        """Redeem ``token`` for ``client_id`` at once: :meth:`redeemable`, then :meth:`spend`.
+
+        The token endpoint calls the two apart, so that a request refused between them (a
+        scope or ``resource`` it may not have) leaves the token as it was."""
+        now = time.time() if now is None else now
+        grant = self.redeemable(token, client_id, now, check=check)
+        return self.spend(token, grant, now)
+
+    def redeemable(self, token: str, client_id: str, now: float | None = None, *,
+                   check: Callable[[RefreshGrant], None] | None = None) -> RefreshGrant:
+        """The grant ``token`` stands for, if ``client_id`` may redeem it now; nothing is spent.
 
         Refused with ``invalid_grant``: an unknown or expired token, another client's token
         (left untouched: presenting it does not burn it), a revoked family or session, a
         token idle for longer than :attr:`idle_timeout`, a family past its absolute expiry.
         A token already rotated raises :class:`RefreshReuse` after revoking its family.
-        ``check`` (the policy re-evaluation) runs before the token is spent; if it raises,
-        the family is revoked, the token dropped, and the exception propagates.
+        ``check`` (the policy re-evaluation) runs last; if it raises, the family is revoked
+        (reason ``policy``), the token dropped, and the exception propagates.
         """
         now = time.time() if now is None else now
         key = secret_key(token)
@@ -145,18 +158,47 @@ class RefreshTokens:
                                                now=now)
                 self.store.delete(_TOKENS, key)
                 raise
+        return grant
+
+    def spend(self, token: str, grant: RefreshGrant, now: float | None = None) -> tuple[str, RefreshGrant]:
+        """Rotate ``token`` (found :meth:`redeemable` as ``grant``): the family's next token.
+
+        Call it once every check of the request has passed, just before the answer is made:
+        from here on the presented token is used up. Lost to a concurrent rotation of the
+        same token: :class:`RefreshReuse`, after revoking the family."""
+        now = time.time() if now is None else now
+        key = secret_key(token)
         successor = replace(grant, issued_at=int(now), generation=grant.generation + 1)
         # The race is decided by this one atomic, durable write (one fsync on SQLite), made
         # before the new token leaves: the "used" marker on the presented token, the
         # successor in, the presented token out. Of two rotations of one token exactly one
         # makes it; the other finds the marker and is reuse. A loser revokes the family only
-        # after the winner's write, so the winner's revocation check above has not seen it.
-        marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
-        spent = Spent(_USED, marker, self._ttl(grant, now) + self.revocations.leeway)
-        new_token, ttl = self._next_token(successor, now)
-        if not self.store.swap(_TOKENS, key, secret_key(new_token), successor.to_record(), ttl, spent=spent):
+        # after the winner's write, so the winner's revocation check has not seen it.
+        new_token = secrets.token_urlsafe(32)
+        if not self.store.swap(_TOKENS, key, secret_key(new_token), successor.to_record(),
+                               self._unused_for(successor, now), spent=self._spent_mark(grant, now)):
             raise self._reuse(grant.family, grant.absolute_expires_at, now)
         return new_token, successor
+
+    def undo_spend(self, token: str, grant: RefreshGrant, successor: str, now: float | None = None) -> bool:
+        """Make ``token`` current again after :meth:`spend` gave ``successor``, when the answer
+        carrying ``successor`` could not be delivered (the audit trail or signing failed).
+
+        Safe because ``successor`` never left the server: the client still holds ``token``
+        and will retry with it, which must not look like theft. The same compare-and-swap as
+        a rotation puts ``token`` back in ``successor``'s place, marking ``successor`` spent,
+        so it happens only if ``successor`` was not used; the presented token's "used" marker
+        goes first (until the swap, the token is merely unknown, never a false reuse).
+        False (or a store error) if it could not be undone: the token then stays spent."""
+        now = time.time() if now is None else now
+        key = secret_key(token)
+        mark = self._spent_mark(grant, now)
+        self.store.delete(_USED, key)
+        if self.store.swap(_TOKENS, secret_key(successor), key, grant.to_record(),
+                           self._unused_for(grant, now), spent=mark):
+            return True
+        self.store.add(_USED, key, mark.value, mark.ttl)  # the successor was used: the token is old again
+        return False
 
     def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
         """RFC 7009 for a refresh token: revoke its family, if it is ``client_id``'s.
@@ -186,10 +228,15 @@ class RefreshTokens:
     def _ttl(self, grant: RefreshGrant, now: float) -> float:
         return max(1.0, grant.absolute_expires_at - now)
 
-    def _next_token(self, grant: RefreshGrant, now: float) -> tuple[str, float]:
-        """A new token of ``grant``'s family, and how long it may then live unused."""
-        ttl = max(1.0, min(grant.issued_at + self.idle_timeout, grant.absolute_expires_at) - now)
-        return secrets.token_urlsafe(32), ttl
+    def _spent_mark(self, grant: RefreshGrant, now: float) -> Spent:
+        """The "used" marker a rotation leaves on a token of ``grant``'s family: it names the
+        family (for reuse detection and revocation) until the family's absolute expiry."""
+        marker = {"family": grant.family, "until": grant.absolute_expires_at, "client_id": grant.client_id}
+        return Spent(_USED, marker, self._ttl(grant, now) + self.revocations.leeway)
+
+    def _unused_for(self, grant: RefreshGrant, now: float) -> float:
+        """How long the token of ``grant`` may still live unused (its store entry's ttl)."""
+        return max(1.0, min(grant.issued_at + self.idle_timeout, grant.absolute_expires_at) - now)
 
     def _reuse(self, family: str, until: float, now: float) -> RefreshReuse:
         self.revocations.revoke_family(family, until, reason="reuse", now=now)

@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     ROLES_CLIENT,
     STEPUP_ORG,
     Chain,
+    audit_locked,
     running_chain,
 )
 from tests.support.browser import Browser
@@ -173,6 +174,38 @@ def test_no_refresh_token_without_offline_access_and_none_for_another_client(cha
     basic = requests.post(f"{chain.base}/token", auth=(chain.basic_id, "x" * 8), timeout=5,
                           data={"grant_type": "refresh_token", "refresh_token": token})
     assert basic.status_code == 401
+
+
+def test_a_refused_refresh_changes_nothing_and_the_token_still_works(chain: Chain) -> None:
+    """A request refused for its scope does not spend the refresh token: using it afterwards
+    is a refresh, not reuse (no false theft alarm, the family lives on)."""
+    token = _roles_login(chain, 64)["refresh_token"]
+    refusals = [
+        ([("scope", "openid roles.agenda roles.dossier")], "invalid_scope"),  # beyond the grant
+        ([("scope", "bogus")], "invalid_scope"),
+    ]
+    for extra, error in refusals:
+        form = [("grant_type", "refresh_token"), ("refresh_token", token), *extra,
+                *_auth(chain, ROLES_CLIENT).items()]
+        reply = requests.post(f"{chain.base}/token", data=form, timeout=10)
+        assert reply.status_code == 400 and reply.json()["error"] == error, (extra, reply.text)
+    same = _refresh(chain, ROLES_CLIENT, token)
+    assert same.status_code == 200, same.text
+    assert _refresh(chain, ROLES_CLIENT, same.json()["refresh_token"]).status_code == 200
+
+
+def test_a_refresh_whose_answer_fails_leaves_the_token_usable(tmp_path: Path) -> None:
+    """The audit trail fails after the rotation: 503, the rotation is undone (its successor
+    never left), and the client's retry with the same token is served, not taken for theft."""
+    with running_chain(tmp_path) as chain:
+        token = _roles_login(chain, 65)["refresh_token"]
+        with audit_locked(chain):
+            failed = _refresh(chain, ROLES_CLIENT, token)
+        assert failed.status_code == 503 and failed.json()["error"] == "temporarily_unavailable", failed.text
+        retried = _refresh(chain, ROLES_CLIENT, token)
+        assert retried.status_code == 200, retried.text
+        assert _refresh(chain, ROLES_CLIENT, retried.json()["refresh_token"]).status_code == 200
+        assert not any(r.event.get("reason") == "refresh_token_reuse" for r in records(chain.broker.audit))
 
 
 def test_the_configured_refresh_idle_limit_is_enforced(tmp_path: Path) -> None:
@@ -594,7 +627,7 @@ def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
     def store_down(*args: Any, **kwargs: Any) -> None:
         raise StoreUnavailable("the test pulled the plug")
 
-    monkeypatch.setattr(provider.refresh, "rotate", store_down)
+    monkeypatch.setattr(provider.refresh, "redeemable", store_down)
     down = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
     _assert_json_answer(down, 503, "temporarily_unavailable")
     assert down.headers["Retry-After"] == "30"
@@ -602,7 +635,7 @@ def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
     def bug(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a bug, with a secret-looking detail")
 
-    monkeypatch.setattr(provider.refresh, "rotate", bug)
+    monkeypatch.setattr(provider.refresh, "redeemable", bug)
     broken = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
     answer = _assert_json_answer(broken, 500, "server_error")
     assert "secret-looking" not in broken.text and set(answer) == {"error", "error_description"}

@@ -196,3 +196,51 @@ def test_a_failed_policy_check_revokes_the_family(store: Store) -> None:
     assert seen and seen[0].team == "crisis"
     assert refresh.revocations.family_revoked(grant.family)
     refused(refresh.rotate, token, "portaal", NOW + 2)
+
+
+# -- looked up first, spent last (the token endpoint refuses some requests in between) ----------------
+
+
+def test_a_redeemable_token_is_not_spent_until_spend(store: Store) -> None:
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    for _ in range(2):  # a request refused after the look-up (its scope, its resource) changes nothing
+        assert refresh.redeemable(token, "portaal", NOW + 1) == grant
+    successor, rotated = refresh.spend(token, grant, NOW + 2)
+    assert rotated.generation == 1 and not refresh.revocations.family_revoked(grant.family)
+    refresh.rotate(successor, "portaal", NOW + 3)
+
+
+def test_spending_a_token_twice_is_reuse_even_when_both_looked_it_up_first(store: Store) -> None:
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    looked_up = [refresh.redeemable(token, "portaal", NOW + 1) for _ in range(2)]
+    refresh.spend(token, looked_up[0], NOW + 2)
+    with pytest.raises(RefreshReuse):
+        refresh.spend(token, looked_up[1], NOW + 2)
+    assert refresh.revocations.family_revoked(grant.family)
+
+
+def test_an_undone_spend_makes_the_presented_token_current_again(store: Store) -> None:
+    """The answer carrying the successor could not be made (audit trail down): the client's
+    retry with the token it holds is a refresh, not theft."""
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    successor, _ = refresh.spend(token, grant, NOW + 1)
+    assert refresh.undo_spend(token, grant, successor, NOW + 1)
+    retried, rotated = refresh.rotate(token, "portaal", NOW + 2)
+    assert rotated.generation == 1 and not refresh.revocations.family_revoked(grant.family)
+    refresh.rotate(retried, "portaal", NOW + 3)
+    # The successor never left the server: should it ever come back, that is theft.
+    with pytest.raises(RefreshReuse):
+        refresh.rotate(successor, "portaal", NOW + 4)
+
+
+def test_a_spend_is_not_undone_once_its_successor_was_used(store: Store) -> None:
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    successor, _ = refresh.spend(token, grant, NOW + 1)
+    refresh.rotate(successor, "portaal", NOW + 2)
+    assert not refresh.undo_spend(token, grant, successor, NOW + 3)
+    with pytest.raises(RefreshReuse):  # the token stays spent, and its return is still reuse
+        refresh.rotate(token, "portaal", NOW + 4)
