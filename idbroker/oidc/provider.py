@@ -68,6 +68,7 @@ from idbroker.tokens import (
     RefreshTokens,
     Revocations,
     TokenError,
+    check_token_resource,
     decide_exchange,
     introspect,
     level_of_acr,
@@ -129,6 +130,10 @@ class BrokerUser:
 
     def get_user_id(self) -> str:
         return self.sub
+
+    def token_audience(self, client: ClientPolicy) -> str:
+        """The one ``aud`` of this grant's access tokens: its resource, else the client's default."""
+        return self.audience or client.audience
 
 
 class Client(ClientMixin):
@@ -428,8 +433,17 @@ class CodeGrant(AuthorizationCodeGrant):
             provider.store.put("nonce", nonce_key, {}, provider.settings.tokens.id_token_lifetime * 2)
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        store, key = self.server.provider.store, secret_key(code)
+        resources = self.request.payload.datalist.get("resource") or []
+        if resources:  # RFC 8707: refused before the code is taken, so the code stays usable
+            data = store.get("code", key)
+            if data is not None and data["client_id"] == client.client_id:
+                try:
+                    check_token_resource(resources, BrokerUser(**data["user"]).token_audience(client.policy))
+                except TokenError as error:
+                    raise _oauth_error(error) from None
         # ``take`` makes the code single-use even under concurrent redemption.
-        data = self.server.provider.store.take("code", secret_key(code))
+        data = store.take("code", key)
         if data is None or data["client_id"] != client.client_id:
             return None
         return AuthorizationCode(data)
@@ -590,7 +604,7 @@ class RefreshGrantWithRotation(RefreshTokenGrant):
     policy evaluated again: a person who left the team gets ``invalid_grant``.
 
     The presented token is spent only in :meth:`issue_token`, after every check of the request
-    (its scope) has passed: a refused request leaves it as it was."""
+    (scope, ``resource``) has passed: a refused request leaves it as it was."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
@@ -610,6 +624,16 @@ class RefreshGrantWithRotation(RefreshTokenGrant):
             provider.record_refusal(error.error, client.client_id, detail={"grant_type": "refresh_token"})
             raise _oauth_error(error) from None
         return _RedeemableRefreshToken(refresh_token, grant, found["user"])
+
+    def validate_token_request(self) -> None:
+        """authlib's checks (client, token, scope), then RFC 8707 ``resource``: nothing spent."""
+        super().validate_token_request()
+        redeemable: _RedeemableRefreshToken = self.request.refresh_token
+        try:
+            check_token_resource(self.request.payload.datalist.get("resource") or [],
+                                 redeemable.user.token_audience(self.request.client.policy))
+        except TokenError as error:
+            raise _oauth_error(error) from None
 
     def authenticate_user(self, refresh_token: _RedeemableRefreshToken) -> BrokerUser:
         return refresh_token.user
@@ -905,7 +929,7 @@ class Provider:
         lifetime = self.settings.tokens.access_token_lifetime
         now = int(time.time())
         claims = {
-            "iss": self.issuer, "sub": user.sub, "aud": user.audience or client.policy.audience,
+            "iss": self.issuer, "sub": user.sub, "aud": user.token_audience(client.policy),
             "client_id": client.client_id, "azp": client.client_id,
             "iat": now, "exp": now + lifetime, "jti": secrets.token_urlsafe(16),
             "scope": scope or "", "auth_time": user.auth_time, "sid": user.sid,

@@ -10,6 +10,7 @@ from idbroker.tokens.exchange import (
     GRANT_TYPE,
     ExchangeGrant,
     Target,
+    check_token_resource,
     decide_exchange,
     default_target,
     level_of_acr,
@@ -21,6 +22,7 @@ from idbroker.tokens.revocation import Revocations
 
 __all__ = [
     "ACCESS_TOKEN_TYPE", "GRANT_TYPE", "IDLE_TIMEOUT", "ExchangeGrant", "InactiveToken", "RefreshGrant",
-    "RefreshReuse", "RefreshTokens", "Revocations", "Target", "TokenError", "decide_exchange",
+    "RefreshReuse", "RefreshTokens", "Revocations", "Target", "TokenError",
+    "check_token_resource", "decide_exchange",
     "default_target", "introspect", "level_of_acr", "resolve_resource", "verify_access_token",
 ]

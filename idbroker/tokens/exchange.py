@@ -141,6 +141,16 @@ def exchange_target(policy: Policy, client: ClientPolicy,
     return target.client, target.aud
 
 
+def check_token_resource(resources: Sequence[str], audience: str) -> None:
+    """RFC 8707 §2.2 at the token endpoint: ``resource`` names the audience of the token asked
+    for. This broker issues one audience per token, fixed by the grant, so ``resource`` may be
+    absent or that audience; anything else (or several) is ``invalid_target``."""
+    if len(resources) > 1:
+        raise TokenError(INVALID_TARGET, "a token is for one audience: send at most one resource")
+    if resources and resources[0] != audience:
+        raise TokenError(INVALID_TARGET, "the resource is not the audience this grant was made for")
+
+
 @dataclass(frozen=True)
 class ExchangeGrant:
     """An allowed exchange: what the new access token for ``target`` says."""

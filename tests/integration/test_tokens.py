@@ -104,6 +104,25 @@ def test_a_resource_of_the_client_becomes_the_audience_and_a_foreign_one_is_inva
     assert query["error"] == ["invalid_target"], query
 
 
+def test_a_resource_at_code_redemption_must_be_the_grants_audience(chain: Chain) -> None:
+    """RFC 8707 §2.2: at the token endpoint ``resource`` names the token's audience, which the
+    grant fixed; another is ``invalid_target``, refused before the code is taken."""
+    api = f"{chain.base}/test-roles/api"
+    query, request, _ = chain.login(Browser(username="s63", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
+                                    scope="openid roles.agenda", resource=api)
+
+    def redeem(resource: str) -> requests.Response:
+        return chain.redeem(query["code"][0], request["verifier"], client_id=ROLES_CLIENT, resource=resource,
+                            assertion=chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT))
+
+    for other in ("https://elders.example/api", ROLES_CLIENT):  # another's resource; the default audience
+        refused = redeem(other)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_target", refused.text
+    redeemed = redeem(api)  # the code was not used up by the refusals
+    assert redeemed.status_code == 200, redeemed.text
+    assert _claims(redeemed.json()["access_token"])["aud"] == api
+
+
 def test_pairwise_subjects_differ_per_sector_and_stay_stable(chain: Chain) -> None:
     first = _claims(_roles_login(chain, 57)["access_token"])["sub"]
     again = _claims(_roles_login(chain, 57)["access_token"])["sub"]
@@ -177,20 +196,25 @@ def test_no_refresh_token_without_offline_access_and_none_for_another_client(cha
 
 
 def test_a_refused_refresh_changes_nothing_and_the_token_still_works(chain: Chain) -> None:
-    """A request refused for its scope does not spend the refresh token: using it afterwards
-    is a refresh, not reuse (no false theft alarm, the family lives on)."""
-    token = _roles_login(chain, 64)["refresh_token"]
+    """A request refused for its scope or resource does not spend the refresh token: using it
+    afterwards is a refresh, not reuse (no false theft alarm, the family lives on)."""
+    body = _roles_login(chain, 64)
+    token, audience = body["refresh_token"], _claims(body["access_token"])["aud"]
     refusals = [
         ([("scope", "openid roles.agenda roles.dossier")], "invalid_scope"),  # beyond the grant
         ([("scope", "bogus")], "invalid_scope"),
+        ([("resource", "https://elders.example/api")], "invalid_target"),  # another client's resource
+        ([("resource", audience), ("resource", audience)], "invalid_target"),  # one audience per token
     ]
     for extra, error in refusals:
         form = [("grant_type", "refresh_token"), ("refresh_token", token), *extra,
                 *_auth(chain, ROLES_CLIENT).items()]
         reply = requests.post(f"{chain.base}/token", data=form, timeout=10)
         assert reply.status_code == 400 and reply.json()["error"] == error, (extra, reply.text)
-    same = _refresh(chain, ROLES_CLIENT, token)
-    assert same.status_code == 200, same.text
+    same = _post(chain, "token", ROLES_CLIENT, grant_type="refresh_token", refresh_token=token,
+                 resource=audience)
+    assert same.status_code == 200, same.text  # the grant's own audience may be named
+    assert _claims(same.json()["access_token"])["aud"] == audience
     assert _refresh(chain, ROLES_CLIENT, same.json()["refresh_token"]).status_code == 200
 
 
