@@ -68,6 +68,7 @@ from idbroker.tokens import (
     RefreshTokens,
     Revocations,
     TokenError,
+    audience_allowed,
     check_token_resource,
     decide_exchange,
     introspect,
@@ -601,7 +602,8 @@ class _RedeemableRefreshToken:
 
 class RefreshGrantWithRotation(RefreshTokenGrant):
     """RFC 6749 §6 with rotation on every use, reuse detection (the family is revoked) and the
-    policy evaluated again: a person who left the team gets ``invalid_grant``.
+    policy evaluated again: a person who left the team, or an audience the client may no longer
+    have, gets ``invalid_grant`` and the family ends.
 
     The presented token is spent only in :meth:`issue_token`, after every check of the request
     (scope, ``resource``) has passed: a refused request leaves it as it was."""
@@ -614,14 +616,23 @@ class RefreshGrantWithRotation(RefreshTokenGrant):
         found: dict[str, Any] = {}
 
         def still_granted(grant: RefreshGrant) -> None:
-            found.update(provider.regranted(grant, client.policy))
+            try:
+                found.update(provider.regranted(grant, client.policy))
+            except TokenError:
+                found["revoked"] = grant.family  # refresh.redeemable revokes it (reason "policy")
+                raise
 
         try:
             grant = provider.refresh.redeemable(refresh_token, client.client_id, check=still_granted)
         except RefreshReuse as reuse:
             raise self._reuse_refused(reuse) from None
         except TokenError as error:
-            provider.record_refusal(error.error, client.client_id, detail={"grant_type": "refresh_token"})
+            if "revoked" in found:
+                provider.record_refusal("refresh_token_policy", client.client_id, detail={
+                    "grant_type": "refresh_token", "family_sha256": _sha256(found["revoked"]),
+                    "description": error.description})
+            else:
+                provider.record_refusal(error.error, client.client_id, detail={"grant_type": "refresh_token"})
             raise _oauth_error(error) from None
         return _RedeemableRefreshToken(refresh_token, grant, found["user"])
 
@@ -964,11 +975,16 @@ class Provider:
     def regranted(self, grant: RefreshGrant, client: ClientPolicy) -> dict[str, Any]:
         """At a refresh: what the policy grants the person now, for the team of the login.
 
-        Raises ``invalid_grant`` when the person is no longer in that team (or the client's
-        minimum rose above the login's level): access ends at the next refresh."""
+        Raises ``invalid_grant`` when the person is no longer in that team, the client's
+        minimum rose above the login's level, or the grant's audience (RFC 8707 resource) is
+        no longer the client's to have, as /authorize would judge it: access ends at the next
+        refresh."""
         level = Level.from_name(grant.level)
         if level < client.minimum_level:
             raise TokenError("invalid_grant", "the login's level is below what the client now requires")
+        if not audience_allowed(self.policy, client, grant.audience):
+            raise TokenError("invalid_grant", "the grant's audience (resource) is no longer allowed for this "
+                                              "client; log in again")
         decision = self._decision(grant.identity, grant.person, client.id)
         team = None
         if grant.team is not None:

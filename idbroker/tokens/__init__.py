@@ -10,6 +10,7 @@ from idbroker.tokens.exchange import (
     GRANT_TYPE,
     ExchangeGrant,
     Target,
+    audience_allowed,
     check_token_resource,
     decide_exchange,
     default_target,
@@ -22,7 +23,7 @@ from idbroker.tokens.revocation import Revocations
 
 __all__ = [
     "ACCESS_TOKEN_TYPE", "GRANT_TYPE", "IDLE_TIMEOUT", "ExchangeGrant", "InactiveToken", "RefreshGrant",
-    "RefreshReuse", "RefreshTokens", "Revocations", "Target", "TokenError",
+    "RefreshReuse", "RefreshTokens", "Revocations", "Target", "TokenError", "audience_allowed",
     "check_token_resource", "decide_exchange",
     "default_target", "introspect", "level_of_acr", "resolve_resource", "verify_access_token",
 ]

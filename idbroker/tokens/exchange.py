@@ -141,6 +141,19 @@ def exchange_target(policy: Policy, client: ClientPolicy,
     return target.client, target.aud
 
 
+def audience_allowed(policy: Policy, client: ClientPolicy, aud: str) -> bool:
+    """Whether ``client`` could obtain a token for ``aud`` at the authorization endpoint now:
+    its default audience, or a resource :func:`resolve_resource` gives it (a refresh asks this
+    of its grant's audience, so a resource taken from the client ends its families)."""
+    if aud == client.audience:
+        return True
+    try:
+        resolve_resource(policy, client, aud)
+    except TokenError:
+        return False
+    return True
+
+
 def check_token_resource(resources: Sequence[str], audience: str) -> None:
     """RFC 8707 §2.2 at the token endpoint: ``resource`` names the audience of the token asked
     for. This broker issues one audience per token, fixed by the grant, so ``resource`` may be

@@ -20,6 +20,7 @@ from joserfc.jwk import KeySet
 from idbroker.app import create_app
 from idbroker.audit import cli as audit_cli
 from idbroker.audit.log import records
+from idbroker.store import secret_key
 from tests.integration.conftest import (
     API_CLIENT,
     BASIC_SECRET,
@@ -232,6 +233,32 @@ def test_a_refresh_whose_answer_fails_leaves_the_token_usable(tmp_path: Path) ->
         assert not any(r.event.get("reason") == "refresh_token_reuse" for r in records(chain.broker.audit))
 
 
+def test_a_refresh_re_checks_the_audience_against_the_policy(tmp_path: Path) -> None:
+    """A resource taken from the client in the policy ends its refresh families at the next
+    refresh, as /authorize would now refuse it: no token for an audience the broker itself
+    would report inactive."""
+    with running_chain(tmp_path) as chain:
+        api = f"{chain.base}/test-roles/api"
+        body = _roles_login(chain, 66, resource=api)
+        family = chain.broker.store.get("refresh", secret_key(body["refresh_token"]))["family"]
+        clients_file = chain.policy_dir / "test-clients.yaml"
+        original = clients_file.read_text()
+        clients = json.loads(original)
+        next(c for c in clients["clients"] if c["id"] == ROLES_CLIENT)["resource_uris"] = []
+        clients_file.write_text(json.dumps(clients))
+        assert chain.broker.policy_holder.refresh(force=True)
+        gone = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
+        assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant", gone.text
+        assert "audience" in gone.json()["error_description"]
+        assert chain.broker.provider.revocations.family_revoked(family)
+        assert any(r.event.get("reason") == "refresh_token_policy"
+                   and r.event["detail"].get("family_sha256") == hashlib.sha256(family.encode()).hexdigest()
+                   for r in records(chain.broker.audit))
+        clients_file.write_text(original)  # given back, the family stays ended
+        assert chain.broker.policy_holder.refresh(force=True)
+        assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
+
+
 def test_the_configured_refresh_idle_limit_is_enforced(tmp_path: Path) -> None:
     with running_chain(tmp_path, {"tokens.refresh_token_idle_timeout": 2}) as chain:
         token = _roles_login(chain, 67)["refresh_token"]
@@ -255,6 +282,7 @@ def test_a_refresh_re_evaluates_the_policy(tmp_path: Path) -> None:
         assert chain.broker.policy_holder.refresh(force=True)
         gone = _refresh(chain, ROLES_CLIENT, refreshed.json()["refresh_token"])
         assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
+        assert any(r.event.get("reason") == "refresh_token_policy" for r in records(chain.broker.audit))
 
 
 # -- introspection and revocation -----------------------------------------------------------------------
