@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from authlib.oauth2 import OAuth2Error, OAuth2Request
-from authlib.oauth2.rfc6749 import OAuth2Payload
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
 from idbroker.oidc.provider import grant_type_detail, refusal_recorded
@@ -39,6 +40,8 @@ PATHS = {"/token": "token", "/introspect": "introspection", "/revoke": "revocati
 #: Token requests are small; a private_key_jwt assertion or a subject token is a few KiB.
 MAX_BODY = 64 * 1024
 _FORM = "application/x-www-form-urlencoded"
+#: A parameter name that may be quoted back in an error_description (RFC 6749 §5.2 charset).
+_PARAMETER_NAME = re.compile(r"[a-z_]{1,64}")
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -58,6 +61,11 @@ def safe_request_id(value: str) -> bool:
     return 8 <= len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value)
 
 
+#: Parameters a request may send more than once: several targets (RFC 8707 §2, RFC 8693
+#: §2.1). The grants then refuse more than one with ``invalid_target`` (one audience per token).
+_MAY_REPEAT = frozenset({"resource", "audience"})
+
+
 class FormPayload(OAuth2Payload):
     """The form parameters: ``data`` the first value of each, ``datalist`` all of them."""
 
@@ -74,6 +82,23 @@ class FormPayload(OAuth2Payload):
     @property
     def datalist(self) -> dict[str, list[str]]:  # type: ignore[override]
         return self._datalist
+
+    def repeated(self) -> str | None:
+        """The first parameter sent more than once that may not be (RFC 6749 §3.2): which of
+        two client assertions, tokens or grant types would count is not for the broker to
+        guess."""
+        return next((name for name, values in self._datalist.items()
+                     if len(values) > 1 and name not in _MAY_REPEAT), None)
+
+
+def _refuse_repeated(payload: FormPayload) -> tuple[int, Any, list[tuple[str, str]]] | None:
+    """``invalid_request`` for a parameter sent twice, naming it only if its name is safe to
+    quote; None for a request without."""
+    repeated = payload.repeated()
+    if repeated is None:
+        return None
+    named = repeated if _PARAMETER_NAME.fullmatch(repeated) else "a parameter"
+    return InvalidRequestError(f"{named} is sent more than once")()
 
 
 class FormRequest(OAuth2Request):
@@ -143,15 +168,16 @@ class TokenEndpoints:
             request = FormRequest(_request_uri(environ), _headers(environ), payload)
         except OAuth2Error as error:  # insecure_transport: http to a host that is not local
             return error()
+        refused = _refuse_repeated(payload)
         if endpoint == "token":
-            status, answer, headers = self.server.create_token_response(request)
+            status, answer, headers = refused or self.server.create_token_response(request)
             if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
                 error = answer.get("error") if isinstance(answer, dict) else None
                 self.provider.record_refusal(error if isinstance(error, str) else "invalid_request",
                                              payload.data.get("client_id"),
                                              detail=grant_type_detail(payload.data.get("grant_type")))
             return status, answer, headers
-        return self.server.create_endpoint_response(endpoint, request)
+        return refused or self.server.create_endpoint_response(endpoint, request)
 
     def _json(self, start_response: StartResponse, status: int, body: Any,
               headers: list[tuple[str, str]]) -> list[bytes]:

@@ -610,6 +610,25 @@ def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_clien
         _assert_json_answer(reply, 401, "invalid_client")
 
 
+@pytest.mark.parametrize(("endpoint", "name"), [
+    ("token", "client_assertion"), ("token", "grant_type"), ("token", "refresh_token"),
+    ("introspect", "token"), ("revoke", "token"), ("introspect", "client_assertion")])
+def test_a_repeated_parameter_is_invalid_request(chain: Chain, endpoint: str, name: str) -> None:
+    """RFC 6749 §3.2: which of two assertions, tokens or grant types counts is not guessed."""
+    token = _rp_login(chain)["refresh_token"]
+    form = {"grant_type": "refresh_token", "refresh_token": token, "token": token,
+            **_auth(chain, chain.rp_id)}
+    pairs = [*form.items(), (name, form[name])]
+    request_id = f"req-repeated-{endpoint}-{name}".replace("_", "-")
+    reply = requests.post(f"{chain.base}/{endpoint}", data=pairs, headers={"X-Request-ID": request_id},
+                          timeout=5)
+    assert _assert_json_answer(reply, 400, "invalid_request")["error_description"] == (
+        f"{name} is sent more than once")
+    if endpoint == "token":
+        assert [e["reason"] for e in _refusals_of(chain, request_id)] == ["invalid_request"]
+    assert _refresh(chain, chain.rp_id, token).status_code == 200  # nothing was spent or revoked
+
+
 def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
     return [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
 
