@@ -950,14 +950,16 @@ class Provider:
         if user.amr:
             claims["amr"] = user.amr
         claims.update(self.acting_claims(user, client.policy, for_api=True))
+        # Signed before it is recorded: a token the trail names as issued was made (if the
+        # signing fails, nothing is recorded and a refresh's rotation is undone).
+        token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
+                 "expires_in": lifetime, "scope": scope or ""}
         event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
         # ``subject``: the ``sub`` issued (the ID token of a code redemption has the same), so
         # the trail links a pairwise subject a resource server logs to the person.
         self.record(event, user, client, scope or "", audience=claims["aud"],
                     detail={"jti": claims["jti"], "subject": claims["sub"], "grant_type": grant_type,
                             "expires_in": lifetime})
-        token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
-                 "expires_in": lifetime, "scope": scope or ""}
         if (grant_type == "authorization_code" and include_refresh_token
                 and "offline_access" in (scope or "").split() and user.session_ends_at):
             token["refresh_token"], _ = self.refresh.issue(

@@ -123,10 +123,11 @@ class RefreshTokens:
                    check: Callable[[RefreshGrant], None] | None = None) -> RefreshGrant:
         """The grant ``token`` stands for, if ``client_id`` may redeem it now; nothing is spent.
 
-        Refused with ``invalid_grant``: an unknown or expired token, another client's token
-        (left untouched: presenting it does not burn it), a revoked family or session, a
+        Refused with ``invalid_grant``: an unknown or expired token, another client's live
+        token (left untouched: presenting it does not burn it), a revoked family or session, a
         token idle for longer than :attr:`idle_timeout`, a family past its absolute expiry.
-        A token already rotated raises :class:`RefreshReuse` after revoking its family.
+        A token already rotated raises :class:`RefreshReuse` after revoking its family, by
+        whichever client presents it: a used token in anyone's hands means it leaked.
         ``check`` (the policy re-evaluation) runs last; if it raises, the family is revoked
         (reason ``policy``), the token dropped, and the exception propagates.
         """
@@ -187,18 +188,20 @@ class RefreshTokens:
         Safe because ``successor`` never left the server: the client still holds ``token``
         and will retry with it, which must not look like theft. The same compare-and-swap as
         a rotation puts ``token`` back in ``successor``'s place, marking ``successor`` spent,
-        so it happens only if ``successor`` was not used; the presented token's "used" marker
-        goes first (until the swap, the token is merely unknown, never a false reuse).
-        False (or a store error) if it could not be undone: the token then stays spent."""
+        so it happens only if ``successor`` was not used. Only then does the presented
+        token's "used" marker go: at every moment the token is either current (a
+        ``/revoke`` or logout finds it) or marked used (a replay is reuse), never unknown;
+        and between the two writes a concurrent rotation of it fails on the marker, as
+        reuse, never giving a second live token. False if it could not be undone (the
+        token then stays spent); a store error between the writes leaves the marker, so the
+        token's next use counts as reuse: closed, not open."""
         now = time.time() if now is None else now
         key = secret_key(token)
-        mark = self._spent_mark(grant, now)
+        if not self.store.swap(_TOKENS, secret_key(successor), key, grant.to_record(),
+                               self._unused_for(grant, now), spent=self._spent_mark(grant, now)):
+            return False
         self.store.delete(_USED, key)
-        if self.store.swap(_TOKENS, secret_key(successor), key, grant.to_record(),
-                           self._unused_for(grant, now), spent=mark):
-            return True
-        self.store.add(_USED, key, mark.value, mark.ttl)  # the successor was used: the token is old again
-        return False
+        return True
 
     def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
         """RFC 7009 for a refresh token: revoke its family, if it is ``client_id``'s.

@@ -244,3 +244,53 @@ def test_a_spend_is_not_undone_once_its_successor_was_used(store: Store) -> None
     assert not refresh.undo_spend(token, grant, successor, NOW + 3)
     with pytest.raises(RefreshReuse):  # the token stays spent, and its return is still reuse
         refresh.rotate(token, "portaal", NOW + 4)
+
+
+class _PausedBeforeUnmarking:
+    """``store``, running ``meanwhile`` once, just before a "used" marker is deleted: the
+    moment between the two writes of :meth:`RefreshTokens.undo_spend`."""
+
+    def __init__(self, store: Store, meanwhile: Any) -> None:
+        self._store, self._meanwhile = store, meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def delete(self, namespace: str, key: str) -> None:
+        if namespace == "refresh-used" and self._meanwhile is not None:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+        self._store.delete(namespace, key)
+
+
+def test_a_revocation_during_an_undo_is_never_lost(store: Store) -> None:
+    """A /revoke (or logout) that arrives while a failed refresh is being undone finds the
+    token: it is current again, or still marked used, never unknown."""
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    successor, _ = refresh.spend(token, grant, NOW + 1)
+    revoked: list[RefreshGrant | None] = []
+    undoing = RefreshTokens(_PausedBeforeUnmarking(store, lambda: revoked.append(  # type: ignore[arg-type]
+        refresh.revoke(token, "portaal", NOW + 1))), refresh.revocations)
+    assert undoing.undo_spend(token, grant, successor, NOW + 1)
+    assert revoked and revoked[0] is not None and refresh.revocations.family_revoked(grant.family)
+    refused(refresh.rotate, token, "portaal", NOW + 2)
+
+
+def test_a_rotation_during_an_undo_is_reuse_not_a_second_live_token(store: Store) -> None:
+    refresh = tokens_on(store)
+    token, grant = issue(refresh)
+    successor, _ = refresh.spend(token, grant, NOW + 1)
+    raced: list[BaseException] = []
+
+    def rotate_meanwhile() -> None:
+        try:
+            refresh.rotate(token, "portaal", NOW + 1)
+        except RefreshReuse as reuse:
+            raced.append(reuse)
+
+    undoing = RefreshTokens(_PausedBeforeUnmarking(store, rotate_meanwhile),  # type: ignore[arg-type]
+                            refresh.revocations)
+    assert undoing.undo_spend(token, grant, successor, NOW + 1)
+    assert raced and refresh.revocations.family_revoked(grant.family)
+    refused(refresh.rotate, token, "portaal", NOW + 2)
