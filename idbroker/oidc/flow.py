@@ -190,7 +190,7 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         return redirect(url_for("stepup.team", txn_id=txn.id)), True
     requested = scope_to_list(params.get("scope") or "") or []
     audience = client.audience
-    if params.get("resource"):
+    if params.get("resource") is not None:  # present but empty is no resource: invalid_target
         try:
             audience = resolve_resource(b.policy, client, params["resource"]).aud
         except TokenError as error:

@@ -113,15 +113,20 @@ def resolve_resource(policy: Policy, client: ClientPolicy, resource: str, *,
     own API only; reaching another application's API goes through token exchange, where the
     caller's ``token_exchange`` must list that application. Anything else: ``invalid_target``.
     """
-    parts = urlsplit(resource) if isinstance(resource, str) else None
-    if parts is None or not parts.scheme or not parts.netloc or parts.fragment:
-        raise TokenError(INVALID_TARGET, "resource must be an absolute URI without a fragment")
+    _check_resource_uri(resource)
     owner = policy.client_for_resource(resource)
     if owner is None:
         raise TokenError(INVALID_TARGET, "the resource is not known to this broker")
     if owner == client.id or (exchange and client.exchange_rule(owner) is not None):
         return Target(owner, resource)
     raise TokenError(INVALID_TARGET, "the client may not obtain tokens for this resource")
+
+
+def _check_resource_uri(resource: object) -> None:
+    """RFC 8707 §2: a ``resource`` is an absolute URI without a fragment (never empty)."""
+    parts = urlsplit(resource) if isinstance(resource, str) else None
+    if parts is None or not parts.scheme or not parts.netloc or parts.fragment:
+        raise TokenError(INVALID_TARGET, "resource must be an absolute URI without a fragment")
 
 
 def exchange_target(policy: Policy, client: ClientPolicy,
@@ -160,8 +165,10 @@ def check_token_resource(resources: Sequence[str], audience: str) -> None:
     absent or that audience; anything else (or several) is ``invalid_target``."""
     if len(resources) > 1:
         raise TokenError(INVALID_TARGET, "a token is for one audience: send at most one resource")
-    if resources and resources[0] != audience:
-        raise TokenError(INVALID_TARGET, "the resource is not the audience this grant was made for")
+    if resources:
+        _check_resource_uri(resources[0])  # the client's default audience is an id, not a resource
+        if resources[0] != audience:
+            raise TokenError(INVALID_TARGET, "the resource is not the audience this grant was made for")
 
 
 @dataclass(frozen=True)

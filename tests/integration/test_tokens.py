@@ -103,6 +103,9 @@ def test_a_resource_of_the_client_becomes_the_audience_and_a_foreign_one_is_inva
     query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
                               scope="openid roles.agenda", resource="https://elders.example/api")
     assert query["error"] == ["invalid_target"], query
+    query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
+                              scope="openid roles.agenda", resource="")
+    assert query["error"] == ["invalid_target"], query  # present but empty is not "no resource"
 
 
 def test_a_resource_at_code_redemption_must_be_the_grants_audience(chain: Chain) -> None:
@@ -199,13 +202,15 @@ def test_no_refresh_token_without_offline_access_and_none_for_another_client(cha
 def test_a_refused_refresh_changes_nothing_and_the_token_still_works(chain: Chain) -> None:
     """A request refused for its scope or resource does not spend the refresh token: using it
     afterwards is a refresh, not reuse (no false theft alarm, the family lives on)."""
-    body = _roles_login(chain, 64)
+    body = _roles_login(chain, 64, resource=f"{chain.base}/test-roles/api")
     token, audience = body["refresh_token"], _claims(body["access_token"])["aud"]
     refusals = [
         ([("scope", "openid roles.agenda roles.dossier")], "invalid_scope"),  # beyond the grant
         ([("scope", "bogus")], "invalid_scope"),
         ([("resource", "https://elders.example/api")], "invalid_target"),  # another client's resource
         ([("resource", audience), ("resource", audience)], "invalid_target"),  # one audience per token
+        ([("resource", "")], "invalid_target"),  # RFC 8707 §2: an absolute URI, never empty
+        ([("resource", ROLES_CLIENT)], "invalid_target"),  # the client's default audience is no URI
     ]
     for extra, error in refusals:
         form = [("grant_type", "refresh_token"), ("refresh_token", token), *extra,
@@ -217,6 +222,11 @@ def test_a_refused_refresh_changes_nothing_and_the_token_still_works(chain: Chai
     assert same.status_code == 200, same.text  # the grant's own audience may be named
     assert _claims(same.json()["access_token"])["aud"] == audience
     assert _refresh(chain, ROLES_CLIENT, same.json()["refresh_token"]).status_code == 200
+    default = _roles_login(chain, 64)["refresh_token"]  # no resource: the default audience, an id
+    named = _post(chain, "token", ROLES_CLIENT, grant_type="refresh_token", refresh_token=default,
+                  resource=ROLES_CLIENT)
+    assert named.status_code == 400 and named.json()["error"] == "invalid_target", named.text
+    assert _refresh(chain, ROLES_CLIENT, default).status_code == 200
 
 
 def test_a_refresh_whose_answer_fails_leaves_the_token_usable(tmp_path: Path) -> None:
