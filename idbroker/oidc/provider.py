@@ -332,9 +332,14 @@ def _presented_client_credentials(request: OAuth2Request) -> list[str]:
 
 
 def _basic_credentials(request: OAuth2Request) -> str | None:
-    """What follows ``Basic`` in the Authorization header; None for no header or another scheme."""
-    scheme, _, credentials = (request.headers.get("Authorization") or "").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "basic" else None
+    """What follows ``Basic`` in the Authorization header; None for no header or another
+    scheme. Split exactly as authlib's ``extract_basic_authorization`` splits it (a space
+    somewhere, then at any whitespace), so no header it reads as Basic escapes the checks."""
+    header = request.headers.get("Authorization") or ""
+    parts = header.split(None, 1) if " " in header else []
+    if not parts or parts[0].lower() != "basic":
+        return None
+    return parts[1] if len(parts) == 2 else ""
 
 
 def _check_basic_credentials(credentials: str) -> None:

@@ -573,7 +573,8 @@ def _basic(credentials: bytes) -> str:
 @pytest.mark.parametrize("authorization", [
     pytest.param("Basic ", id="empty"), pytest.param(_basic(b"\xff:\xff"), id="not-utf8"),
     pytest.param("Basic \xe9", id="not-ascii"), pytest.param("Basic !!!", id="not-base64"),
-    pytest.param(_basic(Chain.basic_id.encode()), id="no-colon")])
+    pytest.param(_basic(Chain.basic_id.encode()), id="no-colon"),
+    pytest.param("Basic\t " + _basic(b"\xff:\xff").split()[1], id="tab-separated-not-utf8")])
 def test_unreadable_basic_credentials_are_invalid_client_with_a_basic_challenge(
         chain: Chain, path: str, authorization: str) -> None:
     """RFC 6749 §5.2: a client that tried the Authorization header gets 401 and a challenge."""
@@ -591,6 +592,10 @@ def test_two_client_authentication_methods_are_refused_before_either_is_checked(
     wrong_basic = requests.post(f"{chain.base}/{path}", data=with_assertion, auth=(chain.basic_id, "wrong"),
                                 timeout=5)
     _assert_json_answer(wrong_basic, 400, "invalid_request")
+    tab_basic = _basic(f"{chain.basic_id}:{BASIC_SECRET}".encode()).replace("Basic ", "Basic\t ")
+    tab_separated = requests.post(f"{chain.base}/{path}", data=with_assertion, timeout=5,
+                                  headers={"Authorization": tab_basic})  # authlib reads it as Basic
+    _assert_json_answer(tab_separated, 400, "invalid_request")
     secret_twice = requests.post(f"{chain.base}/{path}", data=_ANY_ENDPOINT | {"client_secret": BASIC_SECRET},
                                  auth=(chain.basic_id, BASIC_SECRET), timeout=5)
     _assert_json_answer(secret_twice, 400, "invalid_request")
