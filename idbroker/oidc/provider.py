@@ -16,7 +16,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -554,14 +554,15 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def grant_type_detail(grant_type: str | None) -> dict[str, str]:
-    """How a refused ``/token`` request's ``grant_type`` is audited. It is whatever the caller
-    sent: one the broker serves (:data:`GRANT_TYPES`) is recorded as is, anything else only by
-    its SHA-256, so no request can put text of its choosing into the trail, nor make the
-    refusal unrecordable (control characters, a secret-looking string)."""
-    if not grant_type or grant_type in GRANT_TYPES:
-        return {"grant_type": grant_type or ""}
-    return {"grant_type_sha256": _sha256(grant_type)}
+def sent_value_detail(name: str, value: str | None, known: Container[str]) -> dict[str, str]:
+    """How a value a refused request sent (its ``grant_type``, the ``client_id`` it claims) is
+    audited: as is when the broker knows it (a grant type it serves, a client of the policy),
+    else only by its SHA-256 (``NAME_sha256``), so no request can put text of its choosing
+    into the trail, nor make the refusal unrecordable (control characters, a secret-looking
+    string)."""
+    if not value or value in known:
+        return {name: value or ""}
+    return {f"{name}_sha256": _sha256(value)}
 
 
 class _NothingRevoked:
@@ -822,6 +823,9 @@ class TokenServer(OAuth2AuthorizationServer):
         if named is not None and named != client.client_id:
             raise InvalidClientError(status_code=401,
                                      description="The client_id is not the authenticated client.")
+        # Not ``request.client``: authlib sets that to the client an assertion names before
+        # it checks the signature. This one is proven, so refusals may be recorded under it.
+        request.authenticated_client = client
         return client
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:

@@ -30,7 +30,7 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
-from idbroker.oidc.provider import grant_type_detail, refusal_recorded
+from idbroker.oidc.provider import GRANT_TYPES, refusal_recorded, sent_value_detail
 from idbroker.store import StoreUnavailable
 
 log = logging.getLogger("idbroker")
@@ -107,6 +107,9 @@ class FormRequest(OAuth2Request):
     def __init__(self, uri: str, headers: dict[str, str], payload: FormPayload) -> None:
         super().__init__("POST", uri, headers=headers)
         self.payload = payload
+        #: Set by :meth:`~idbroker.oidc.provider.TokenServer.authenticate_client` once the
+        #: client has proven who it is.
+        self.authenticated_client: Any = None
 
     @property
     def form(self) -> dict[str, str]:
@@ -173,11 +176,21 @@ class TokenEndpoints:
             status, answer, headers = refused or self.server.create_token_response(request)
             if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
                 error = answer.get("error") if isinstance(answer, dict) else None
-                self.provider.record_refusal(error if isinstance(error, str) else "invalid_request",
-                                             payload.data.get("client_id"),
-                                             detail=grant_type_detail(payload.data.get("grant_type")))
+                self._record_refusal(error if isinstance(error, str) else "invalid_request", request, payload)
             return status, answer, headers
         return refused or self.server.create_endpoint_response(endpoint, request)
+
+    def _record_refusal(self, reason: str, request: FormRequest, payload: FormPayload) -> None:
+        """The refusal, under the client only once it authenticated: a ``client_id`` that anyone
+        can type (in the form, or as a forged assertion's ``sub``) is kept as
+        ``claimed_client_id`` (by its hash if the policy has no such client), so no caller can
+        fill another client's trail (``audit export --client``) with refusals."""
+        client = request.authenticated_client
+        detail = sent_value_detail("grant_type", payload.data.get("grant_type"), GRANT_TYPES)
+        claimed = payload.data.get("client_id")
+        if client is None and claimed:
+            detail |= sent_value_detail("claimed_client_id", claimed, self.provider.policy.clients)
+        self.provider.record_refusal(reason, None if client is None else client.client_id, detail=detail)
 
     def _json(self, start_response: StartResponse, status: int, body: Any,
               headers: list[tuple[str, str]]) -> list[bytes]:

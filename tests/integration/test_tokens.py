@@ -619,10 +619,16 @@ def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_clien
         chain: Chain, endpoint: str) -> None:
     """A refusal is audited under the form's ``client_id``: it may not name someone else."""
     form = {"token": "x", "grant_type": "refresh_token", "refresh_token": "x", "client_id": ROLES_CLIENT}
-    for auth in ({"auth": (chain.basic_id, BASIC_SECRET)}, {"data": _auth(chain, chain.rp_id)}):
+    for n, auth in enumerate(({"auth": (chain.basic_id, BASIC_SECRET)}, {"data": _auth(chain, chain.rp_id)},
+                              {"auth": (ROLES_CLIENT, "not-its-secret")})):
         data = {**form, **auth.get("data", {}), "client_id": ROLES_CLIENT}
-        reply = requests.post(f"{chain.base}/{endpoint}", data=data, auth=auth.get("auth"), timeout=5)
+        request_id = f"req-claimed-client-{endpoint}-{n}"
+        reply = requests.post(f"{chain.base}/{endpoint}", data=data, auth=auth.get("auth"), timeout=5,
+                              headers={"X-Request-ID": request_id})
         _assert_json_answer(reply, 401, "invalid_client")
+        if endpoint == "token":  # not under the client it names: it never authenticated as that
+            assert [(e.get("client"), e["detail"].get("claimed_client_id"))
+                    for e in _refusals_of(chain, request_id)] == [(None, ROLES_CLIENT)]
 
 
 @pytest.mark.parametrize(("endpoint", "name"), [
@@ -644,6 +650,17 @@ def test_a_repeated_parameter_is_invalid_request(chain: Chain, endpoint: str, na
     assert _refresh(chain, chain.rp_id, token).status_code == 200  # nothing was spent or revoked
 
 
+def test_a_refusal_is_not_recorded_under_a_client_an_unproven_assertion_names(chain: Chain) -> None:
+    """authlib takes the client an assertion names before checking it: not proof enough."""
+    assertion = chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT, aud="https://elsewhere.example/token")
+    reply = requests.post(f"{chain.base}/token", timeout=5,
+                          headers={"X-Request-ID": "req-unproven-assertion"}, data={
+                              "grant_type": "refresh_token", "refresh_token": "x",
+                              "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion})
+    _assert_json_answer(reply, 400, "invalid_client")  # 401 only for a client that tried Basic (§5.2)
+    assert [e.get("client") for e in _refusals_of(chain, "req-unproven-assertion")] == [None]
+
+
 def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
     return [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
 
@@ -659,8 +676,11 @@ def test_an_unsupported_grant_type_is_refused_and_audited_by_its_hash_only(chain
     form = {"grant_type": grant_type, **_auth(chain, ROLES_CLIENT)}
     reply = requests.post(f"{chain.base}/token", data=form, headers={"X-Request-ID": request_id}, timeout=5)
     _assert_json_answer(reply, 400, "unsupported_grant_type")
-    assert [(e["type"], e["reason"], e["client"], e["detail"]) for e in _refusals_of(chain, request_id)] == [
-        ("refusal", "unsupported_grant_type", ROLES_CLIENT, {"grant_type_sha256": digest})]
+    # Refused before client authentication: the client_id is only what the caller claims.
+    events = _refusals_of(chain, request_id)
+    assert [(e["type"], e["reason"], e.get("client"), e["detail"]) for e in events] == [
+        ("refusal", "unsupported_grant_type", None,
+         {"grant_type_sha256": digest, "claimed_client_id": ROLES_CLIENT})]
 
 
 def test_a_served_grant_type_is_audited_as_sent(chain: Chain) -> None:
@@ -673,8 +693,8 @@ def test_a_served_grant_type_is_audited_as_sent(chain: Chain) -> None:
 
 @pytest.mark.parametrize("client_id", [pytest.param("roles\x01client", id="control-character"),
                                        pytest.param("c" * 5000, id="5000-characters")])
-def test_a_client_id_that_may_not_be_recorded_is_left_out_of_the_refusal_not_the_refusal(
-        chain: Chain, client_id: str) -> None:
+def test_a_client_id_the_policy_does_not_know_is_recorded_by_its_hash_only(chain: Chain,
+                                                                          client_id: str) -> None:
     request_id = f"req-unsafe-client-{len(client_id)}"
     for grant_type in ("refresh_token", "a" * 50):
         reply = requests.post(f"{chain.base}/token", data={"grant_type": grant_type, "client_id": client_id},
@@ -684,9 +704,10 @@ def test_a_client_id_that_may_not_be_recorded_is_left_out_of_the_refusal_not_the
     events = _refusals_of(chain, request_id)
     assert [(e["reason"], "client" in e, e["source_ip"]) for e in events] == [
         ("invalid_client", False, "127.0.0.1"), ("unsupported_grant_type", False, "127.0.0.1")]
-    assert events[0]["detail"] == {"grant_type": "refresh_token", "unsafe_value_dropped": True}
+    claimed = hashlib.sha256(client_id.encode()).hexdigest()
+    assert events[0]["detail"] == {"grant_type": "refresh_token", "claimed_client_id_sha256": claimed}
     assert events[1]["detail"] == {"grant_type_sha256": hashlib.sha256(b"a" * 50).hexdigest(),
-                                   "unsafe_value_dropped": True}
+                                   "claimed_client_id_sha256": claimed}
 
 
 def test_a_refusal_that_cannot_be_recorded_at_all_is_logged_without_its_values(
