@@ -45,6 +45,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode, UserInfo, UserInfoEndpoint
+from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 from authlib.oidc.core.grants.util import is_openid_scope
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from joserfc import jws, jwt
@@ -391,7 +392,20 @@ class OpenIDConnect(OpenIDCode):
         return self.provider.store.get("nonce", key) is not None
 
     def validate_openid_authorization_request(self, grant: Any, redirect_uri: str) -> None:
-        if not is_openid_scope(grant.request.payload.scope):
+        """OpenID Connect's checks, and a refusal of what discovery says is not supported, rather
+        than silently ignoring it: a request object (whose claims the client meant to count,
+        OpenID Connect Core §6: ``request_not_supported`` / ``request_uri_not_supported``) and a
+        response mode other than ``query``."""
+        payload = grant.request.payload
+        state = payload.state
+        if payload.data.get("request") is not None:
+            raise RequestNotSupportedError(state=state, redirect_uri=redirect_uri)
+        if payload.data.get("request_uri") is not None:
+            raise RequestURINotSupportedError(state=state, redirect_uri=redirect_uri)
+        if payload.data.get("response_mode", "query") != "query":
+            raise InvalidRequestError("Only response_mode=query is supported.", state=state,
+                                      redirect_uri=redirect_uri)
+        if not is_openid_scope(payload.scope):
             raise InvalidScopeError("The scope must include 'openid'.")
         super().validate_openid_authorization_request(grant, redirect_uri)
 

@@ -227,6 +227,22 @@ def test_repeated_parameter_is_refused(chain: Chain) -> None:
     assert parse_qs(urlsplit(reply.headers["Location"]).query)["error"] == ["invalid_request"]
 
 
+@pytest.mark.parametrize(("extra", "error"), [
+    ({"request": "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9."}, "request_not_supported"),
+    ({"request_uri": "https://rp.example/request.jwt"}, "request_uri_not_supported"),
+    ({"response_mode": "form_post"}, "invalid_request"),
+    ({"response_mode": "fragment"}, "invalid_request")])
+def test_what_discovery_says_is_unsupported_is_refused_not_ignored(chain: Chain, extra: dict[str, str],
+                                                                   error: str) -> None:
+    """A request object may carry claims the client means to count (OpenID Connect Core §6):
+    ignoring it would serve a different request than the one made."""
+    url, _ = chain.authorize_url(**extra)
+    reply = requests.get(url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 302
+    query = parse_qs(urlsplit(reply.headers["Location"]).query)
+    assert query["error"] == [error] and query["state"], query
+
+
 def test_repeated_redirect_uri_is_refused_on_a_page(chain: Chain) -> None:
     url, _ = chain.authorize_url()
     reply = requests.get(url + "&redirect_uri=https%3A%2F%2Fattacker.example%2Fcb",
