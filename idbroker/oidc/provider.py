@@ -337,8 +337,12 @@ def _basic_credentials(request: OAuth2Request) -> str | None:
     scheme. Split exactly as authlib's ``extract_basic_authorization`` splits it (a space
     somewhere, then at any whitespace), so no header it reads as Basic escapes the checks."""
     header = request.headers.get("Authorization") or ""
-    parts = header.split(None, 1) if " " in header else []
-    if not parts or parts[0].lower() != "basic":
+    if " " not in header:
+        return None
+    parts = header.split(None, 1)
+    if not parts:  # only whitespace, a space among it: authlib's split would fail on it
+        return ""
+    if parts[0].lower() != "basic":
         return None
     return parts[1] if len(parts) == 2 else ""
 

@@ -661,6 +661,16 @@ def test_a_refusal_is_not_recorded_under_a_client_an_unproven_assertion_names(ch
     assert [e.get("client") for e in _refusals_of(chain, "req-unproven-assertion")] == [None]
 
 
+@pytest.mark.parametrize("header", ["\x0b ", "\x0c ", "\xa0 \xa0", "\x85 "])
+def test_an_authorization_header_of_whitespace_is_invalid_client(chain: Chain, header: str) -> None:
+    """Whitespace that HTTP servers pass on (only space and tab are stripped) and authlib's
+    Basic parser cannot split: refused, never a 500. Through WSGI, as no HTTP client sends it."""
+    client = create_app(chain.broker.settings, broker=chain.broker).test_client()
+    for path in ("/token", "/introspect", "/revoke"):
+        reply = client.post(path, data=_ANY_ENDPOINT, headers={"Authorization": header})
+        assert reply.status_code == 401 and reply.get_json()["error"] == "invalid_client", (path, reply.data)
+
+
 def _refusals_of(chain: Chain, request_id: str) -> list[dict[str, Any]]:
     return [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
 
