@@ -190,7 +190,7 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         return redirect(url_for("stepup.team", txn_id=txn.id)), True
     requested = scope_to_list(params.get("scope") or "") or []
     audience = client.audience
-    if params.get("resource") is not None:  # present but empty is no resource: invalid_target
+    if params.get("resource"):  # sent without a value: as if omitted (RFC 6749 §3.1)
         try:
             audience = resolve_resource(b.policy, client, params["resource"]).aud
         except TokenError as error:

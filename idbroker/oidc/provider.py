@@ -402,11 +402,12 @@ class OpenIDConnect(OpenIDCode):
         response mode other than ``query``."""
         payload = grant.request.payload
         state = payload.state
-        if payload.data.get("request") is not None:
+        # A parameter sent without a value is as if omitted (RFC 6749 §3.1).
+        if payload.data.get("request"):
             raise RequestNotSupportedError(state=state, redirect_uri=redirect_uri)
-        if payload.data.get("request_uri") is not None:
+        if payload.data.get("request_uri"):
             raise RequestURINotSupportedError(state=state, redirect_uri=redirect_uri)
-        if payload.data.get("response_mode", "query") != "query":
+        if (payload.data.get("response_mode") or "query") != "query":
             raise InvalidRequestError("Only response_mode=query is supported.", state=state,
                                       redirect_uri=redirect_uri)
         if not is_openid_scope(payload.scope):

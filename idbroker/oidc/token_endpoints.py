@@ -67,12 +67,14 @@ _MAY_REPEAT = frozenset({"resource", "audience"})
 
 
 class FormPayload(OAuth2Payload):
-    """The form parameters: ``data`` the first value of each, ``datalist`` all of them."""
+    """The form parameters: ``data`` the first value of each, ``datalist`` all of them. A
+    parameter sent without a value is left out, as if omitted (RFC 6749 §3.2)."""
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         self._datalist: dict[str, list[str]] = {}
         for name, value in pairs:
-            self._datalist.setdefault(name, []).append(value)
+            if value:
+                self._datalist.setdefault(name, []).append(value)
         self._data = {name: values[0] for name, values in self._datalist.items()}
 
     @property

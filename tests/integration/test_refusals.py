@@ -243,6 +243,14 @@ def test_what_discovery_says_is_unsupported_is_refused_not_ignored(chain: Chain,
     assert query["error"] == [error] and query["state"], query
 
 
+@pytest.mark.parametrize("empty", ["request", "request_uri", "response_mode", "resource"])
+def test_a_parameter_sent_without_a_value_is_as_if_omitted(chain: Chain, empty: str) -> None:
+    """RFC 6749 §3.1: clients that fill a URL template with empty values are served."""
+    url, _ = chain.authorize_url(**{empty: ""})
+    reply = requests.get(url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 302 and not reply.headers["Location"].startswith(chain.rp_redirect)
+
+
 def test_repeated_redirect_uri_is_refused_on_a_page(chain: Chain) -> None:
     url, _ = chain.authorize_url()
     reply = requests.get(url + "&redirect_uri=https%3A%2F%2Fattacker.example%2Fcb",
