@@ -19,7 +19,7 @@ from flask import Response, current_app, has_request_context, redirect, request,
 
 from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import Outcome, RequestError, Requirement, Unmeetable, token_acr
-from idbroker.oidc.provider import BrokerUser
+from idbroker.oidc.provider import BrokerUser, sent_value_detail
 from idbroker.policy.acting import (
     ActsFor,
     MustChoose,
@@ -60,13 +60,24 @@ class StoredAuthorizationRequest(OAuth2Request):
         return {}
 
 
+def _named_client() -> dict[str, Any]:
+    """Who an authorization request names, for its refusal: a client of the policy as the
+    event's client (as its logins are recorded); any other ``client_id`` is the caller's own
+    text, so only its SHA-256 is kept (``claimed_client_id_sha256``)."""
+    claimed = request.values.get("client_id") if has_request_context() else None
+    if not claimed:
+        return {}
+    if claimed in broker().policy.clients:
+        return {"client": claimed}
+    return {"detail": sent_value_detail("claimed_client_id", claimed, ())}
+
+
 def authorization_error(error: OAuth2Error, locale_hint: str | None = None, *,
                         who: dict[str, Any] | None = None) -> Response:
     """Redirect the error to the client only when its redirect URI was verified (RFC 6749
     §4.1.2.1); otherwise tell the person on a page. Either way the refusal is audited
     (``who``: the session's person, when known)."""
-    audit_refusal(error.error or "invalid_request", **(who or {}),
-                  client=request.values.get("client_id") if has_request_context() else None)
+    audit_refusal(error.error or "invalid_request", **(who or {}), **_named_client())
     if error.redirect_uri:
         _, _, headers = error()
         location = dict(headers)["Location"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -12,6 +13,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from idbroker.audit.log import records
 from tests.integration.conftest import (
     BACKENDS,
     BASIC_SECRET,
@@ -249,6 +251,26 @@ def test_a_parameter_sent_without_a_value_is_as_if_omitted(chain: Chain, empty: 
     url, _ = chain.authorize_url(**{empty: ""})
     reply = requests.get(url, allow_redirects=False, timeout=5)
     assert reply.status_code == 302 and not reply.headers["Location"].startswith(chain.rp_redirect)
+
+
+@pytest.mark.parametrize("client_id", [None, "made-up\u202eclient"])
+def test_an_authorization_refusal_names_only_a_client_of_the_policy(chain: Chain,
+                                                                    client_id: str | None) -> None:
+    """A client of the policy is the refusal's client; any other client_id is the caller's
+    text, kept only as its SHA-256."""
+    url, _ = chain.authorize_url(**({"client_id": client_id} if client_id else {}),
+                                 redirect_uri="https://attacker.example/cb")
+    request_id = f"req-authorize-{'known' if client_id is None else 'unknown'}-client"
+    reply = requests.get(url, allow_redirects=False, timeout=5, headers={"X-Request-ID": request_id})
+    assert reply.status_code == 400 and "Location" not in reply.headers
+    events = [r.event for r in records(chain.broker.audit) if r.event.get("correlation_id") == request_id]
+    assert len(events) == 1 and events[0]["type"] == "refusal"
+    if client_id is None:
+        assert events[0]["client"] == chain.rp_id and "detail" not in events[0]
+    else:
+        assert "client" not in events[0]
+        assert events[0]["detail"] == {
+            "claimed_client_id_sha256": hashlib.sha256(client_id.encode()).hexdigest()}
 
 
 def test_repeated_redirect_uri_is_refused_on_a_page(chain: Chain) -> None:
