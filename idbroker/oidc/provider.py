@@ -707,8 +707,9 @@ class RefreshGrantWithRotation(RefreshTokenGrant):
             undone = self.server.provider.refresh.undo_spend(refresh_token.token, refresh_token.grant,
                                                             successor)
         except Exception as error:  # the original failure is what propagates
-            _log.error("refresh rotation not undone after a failed answer (%s); family sha256=%s stays "
-                       "spent", type(error).__name__, family)
+            _log.error("refresh rotation not (fully) undone after a failed answer (%s); family "
+                       "sha256=%s: the presented token is spent or still marked used, so its next use "
+                       "is refused as reuse", type(error).__name__, family)
             return
         if not undone:
             _log.error("refresh rotation not undone after a failed answer (successor already spent); "
