@@ -979,16 +979,12 @@ class Provider:
         if user.amr:
             claims["amr"] = user.amr
         claims.update(self.acting_claims(user, client.policy, for_api=True))
-        # Signed before it is recorded: a token the trail names as issued was made (if the
-        # signing fails, nothing is recorded and a refresh's rotation is undone).
+        # Made before it is recorded, the refresh token of a code redemption too: what the trail
+        # names as issued exists (if signing or the store fails, nothing is recorded, and a
+        # refresh's rotation is undone). Only the record's own failure leaves something made
+        # and never handed out, which nobody holds.
         token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                  "expires_in": lifetime, "scope": scope or ""}
-        event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
-        # ``subject``: the ``sub`` issued (the ID token of a code redemption has the same), so
-        # the trail links a pairwise subject a resource server logs to the person.
-        self.record(event, user, client, scope or "", audience=claims["aud"],
-                    detail={"jti": claims["jti"], "subject": claims["sub"], "grant_type": grant_type,
-                            "expires_in": lifetime})
         if (grant_type == "authorization_code" and include_refresh_token
                 and "offline_access" in (scope or "").split() and user.session_ends_at):
             token["refresh_token"], _ = self.refresh.issue(
@@ -996,6 +992,12 @@ class Provider:
                 organisation=user.organisation, team=user.team, level=level_of_acr(user.acr).name.lower(),
                 amr=user.amr, auth_time=user.auth_time, scope=scope or "", audience=claims["aud"],
                 absolute_expires_at=user.session_ends_at, identity=user.identity)
+        event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
+        # ``subject``: the ``sub`` issued (the ID token of a code redemption has the same), so
+        # the trail links a pairwise subject a resource server logs to the person.
+        self.record(event, user, client, scope or "", audience=claims["aud"],
+                    detail={"jti": claims["jti"], "subject": claims["sub"], "grant_type": grant_type,
+                            "expires_in": lifetime})
         return token
 
     def verify_access_token(self, token: str) -> dict[str, Any]:

@@ -762,6 +762,27 @@ def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
     assert "a bug, with a secret-looking detail" in caplog.text  # the trace is in the log only
 
 
+def test_the_trail_names_no_token_the_store_failed_to_make(chain: Chain,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code redemption whose refresh token cannot be stored answers 503 and records no
+    issued access token: what the trail names as issued exists and was handed out."""
+    from idbroker.store import StoreUnavailable
+
+    query, request, _ = chain.login(Browser(username="s61", organisation=STEPUP_ORG),
+                                    client_id=ROLES_CLIENT, scope="openid roles.agenda offline_access")
+
+    def store_down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the test pulled the plug")
+
+    monkeypatch.setattr(chain.broker.provider.refresh, "issue", store_down)
+    before = chain.broker.audit.head().seq
+    reply = chain.redeem(query["code"][0], request["verifier"], client_id=ROLES_CLIENT,
+                         assertion=chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT))
+    _assert_json_answer(reply, 503, "temporarily_unavailable")
+    assert [r.event for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "token.issued"] == []
+
+
 @pytest.mark.parametrize("cookie_secure", ["always", "never"])
 def test_pages_and_token_endpoints_carry_the_same_security_headers(tmp_path: Path, cookie_secure: str
                                                                    ) -> None:
