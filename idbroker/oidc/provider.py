@@ -1095,10 +1095,10 @@ class Provider:
             self.revocations.revoke_access_token(claims["jti"], claims["exp"])
             self._record_revocation(client, {"jti": claims["jti"]}, claims.get("sid"))
             return
-        grant = self.refresh.revoke(token, client.client_id)
-        if grant is not None:
-            self._record_revocation(client, {"family_sha256": _sha256(grant.family)}, grant.sid,
-                                    person=grant.person)
+        revoked = self.refresh.revoke(token, client.client_id)
+        if revoked is not None:
+            self._record_revocation(client, {"family_sha256": _sha256(revoked.family)}, revoked.sid,
+                                    person=revoked.person)
 
     def _record_revocation(self, client: Client, detail: dict[str, Any], sid: Any,
                            person: str | None = None) -> None:

@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from idbroker.store import Spent, Store, secret_key
 from idbroker.tokens.errors import INVALID_GRANT, RefreshReuse, TokenError
@@ -82,6 +82,14 @@ class RefreshGrant:
 
 
 _FIELDS = tuple(f.name for f in fields(RefreshGrant))
+
+
+class RevokedFamily(NamedTuple):
+    """A family :meth:`RefreshTokens.revoke` ended, as the audit records it."""
+
+    family: str
+    person: str | None
+    sid: str | None
 
 
 class RefreshTokens:
@@ -203,28 +211,28 @@ class RefreshTokens:
         self.store.delete(_USED, key)
         return True
 
-    def revoke(self, token: str, client_id: str, now: float | None = None) -> RefreshGrant | None:
+    def revoke(self, token: str, client_id: str, now: float | None = None) -> RevokedFamily | None:
         """RFC 7009 for a refresh token: revoke its family, if it is ``client_id``'s.
 
-        Returns the revoked grant (for the audit), or ``None`` for an unknown token or one of
-        another client, which RFC 7009 §2.2 answers like a success without revealing it."""
+        Returns what was revoked (for the audit): the family, and its person and session
+        when the presented token was the current one (an old, used token of the family only
+        names the family). ``None`` for an unknown token or one of another client, which
+        RFC 7009 §2.2 answers like a success without revealing it."""
         now = time.time() if now is None else now
         key = secret_key(token)
         record = self.store.get(_TOKENS, key)
         if record is None:
             used = self.store.get(_USED, key)  # an old token of the family still names it
-            if used is None:
-                return None
-            if used.get("client_id") != client_id:
+            if used is None or used.get("client_id") != client_id:
                 return None
             self.revocations.revoke_family(used["family"], used["until"], reason="revoked", now=now)
-            return None
+            return RevokedFamily(used["family"], None, None)
         grant = RefreshGrant.from_record(record)
         if grant.client_id != client_id:
             return None
         self.revocations.revoke_family(grant.family, grant.absolute_expires_at, reason="revoked", now=now)
         self.store.delete(_TOKENS, key)
-        return grant
+        return RevokedFamily(grant.family, grant.person, grant.sid)
 
     # -- internals -------------------------------------------------------------------------
 

@@ -762,6 +762,18 @@ def test_token_endpoints_fail_closed_without_store_and_never_show_a_trace(
     assert "a bug, with a secret-looking detail" in caplog.text  # the trace is in the log only
 
 
+def test_revoking_with_an_old_refresh_token_ends_the_family_and_is_audited(chain: Chain) -> None:
+    body = _roles_login(chain, 66)
+    current = _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["refresh_token"]
+    before = chain.broker.audit.head().seq
+    assert _post(chain, "revoke", ROLES_CLIENT, token=body["refresh_token"]).status_code == 200
+    refused = _refresh(chain, ROLES_CLIENT, current)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    revoked = [r.event for r in records(chain.broker.audit)
+               if r.seq > before and r.event["type"] == "token.revoked"]
+    assert [(e["client"], set(e["detail"])) for e in revoked] == [(ROLES_CLIENT, {"family_sha256"})]
+
+
 def test_the_trail_names_no_token_the_store_failed_to_make(chain: Chain,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A code redemption whose refresh token cannot be stored answers 503 and records no
