@@ -6,6 +6,7 @@ Kept apart from both blueprints so neither imports the other's views.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oidc.core.errors import AccountSelectionRequiredError, InteractionRequiredError
-from flask import Response, current_app, has_request_context, redirect, request, url_for
+from flask import Response, current_app, redirect, url_for
 
 from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import Outcome, RequestError, Requirement, Unmeetable, token_acr
@@ -60,11 +61,12 @@ class StoredAuthorizationRequest(OAuth2Request):
         return {}
 
 
-def _named_client() -> dict[str, Any]:
-    """Who an authorization request names, for its refusal: a client of the policy as the
+def _named_client(params: Mapping[str, str]) -> dict[str, Any]:
+    """Who the authorization request names, for its refusal: a client of the policy as the
     event's client (as its logins are recorded); any other ``client_id`` is the caller's own
-    text, so only its SHA-256 is kept (``claimed_client_id_sha256``)."""
-    claimed = request.values.get("client_id") if has_request_context() else None
+    text, so only its SHA-256 is kept (``claimed_client_id_sha256``). From the request being
+    answered, never from the page being served (an upstream callback, a step-up page)."""
+    claimed = params.get("client_id")
     if not claimed:
         return {}
     if claimed in broker().policy.clients:
@@ -72,12 +74,15 @@ def _named_client() -> dict[str, Any]:
     return {"detail": sent_value_detail("claimed_client_id", claimed, ())}
 
 
-def authorization_error(error: OAuth2Error, locale_hint: str | None = None, *,
+def authorization_error(error: OAuth2Error, params: Mapping[str, str] | None = None, *,
                         who: dict[str, Any] | None = None) -> Response:
     """Redirect the error to the client only when its redirect URI was verified (RFC 6749
-    §4.1.2.1); otherwise tell the person on a page. Either way the refusal is audited
-    (``who``: the session's person, when known)."""
-    audit_refusal(error.error or "invalid_request", **(who or {}), **_named_client())
+    §4.1.2.1); otherwise tell the person on a page (in ``ui_locales``). Either way the
+    refusal is audited, under the client that ``params`` (the authorization request being
+    answered) names, and ``who``: the session's person, when known."""
+    params = params or {}
+    locale_hint = params.get("ui_locales")
+    audit_refusal(error.error or "invalid_request", **(who or {}), **_named_client(params))
     if error.redirect_uri:
         _, _, headers = error()
         location = dict(headers)["Location"]
@@ -93,7 +98,7 @@ def authorization_error(error: OAuth2Error, locale_hint: str | None = None, *,
 
 def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
     raw = params.get("max_age")
-    if raw is None:
+    if not raw:  # absent, or sent without a value: as if omitted (RFC 6749 §3.1)
         return False
     return not raw.isdigit() or time.time() - session.auth_time > int(raw)
 
@@ -150,7 +155,7 @@ def required_level(params: dict[str, str]) -> Level | None:
 def unmet(params: dict[str, str], description: str, *, who: dict[str, Any] | None = None) -> Response:
     return authorization_error(UnmetAuthenticationRequirements(
         description, state=params.get("state"), redirect_uri=params.get("redirect_uri")),
-        params.get("ui_locales"), who=who)
+        params, who=who)
 
 
 def authorization_response(params: dict[str, str], session: SsoSession, grant: Any = None, *,
@@ -181,7 +186,7 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         try:
             grant = b.provider.server.get_consent_grant(request=oauth_request, end_user=user)
         except OAuth2Error as error:
-            return authorization_error(error, params.get("ui_locales")), False
+            return authorization_error(error, params), False
     client = grant.request.client.policy
     prompts = params.get("prompt", "").split()
     who = session_fields(session)
@@ -190,11 +195,11 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         log.info("login refused sid=%s client=%s: %s", session.sid, client.id, acting.reason)
         return authorization_error(AccessDeniedError(
             "you hold no role that gives access to this application", state=params.get("state"),
-            redirect_uri=params.get("redirect_uri")), params.get("ui_locales"), who=who), False
+            redirect_uri=params.get("redirect_uri")), params, who=who), False
     if isinstance(acting, MustChoose):
         if "none" in prompts:
             return authorization_error(AccountSelectionRequiredError(
-                state=params.get("state"), redirect_uri=params.get("redirect_uri")), who=who), False
+                state=params.get("state"), redirect_uri=params.get("redirect_uri")), params, who=who), False
         txn = _continue_in_transaction(session, params, txn)
         log.info("team choice needed sid=%s client=%s: %s", session.sid, client.id,
                  ", ".join(team.team for team in acting.teams))
@@ -207,13 +212,13 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         except TokenError as error:
             refused = OAuth2Error(error.description, state=params.get("state"),
                                   redirect_uri=params.get("redirect_uri"), error=error.error)
-            return authorization_error(refused, params.get("ui_locales"), who=who), False
+            return authorization_error(refused, params, who=who), False
     try:
         required = person_requirement(session, params, acting)
     except RequestError as error:
         return authorization_error(InvalidRequestError(
             str(error), state=params.get("state"), redirect_uri=params.get("redirect_uri")),
-            params.get("ui_locales"), who=who), False
+            params, who=who), False
     except Unmeetable as error:
         return unmet(params, str(error), who=who), False
     plan = decide(factor_services(), session, params, required, txn=txn).plan
@@ -226,7 +231,7 @@ def _authorization_response(params: dict[str, str], session: SsoSession, grant: 
         if "none" in params.get("prompt", "").split():
             return authorization_error(InteractionRequiredError(
                 "a step-up is needed", state=params.get("state"),
-                redirect_uri=params.get("redirect_uri")), who=who), False
+                redirect_uri=params.get("redirect_uri")), params, who=who), False
         txn = _continue_in_transaction(session, params, txn)
         log.info("step-up needed sid=%s: %s, required %s (%s)", session.sid, plan.outcome.value,
                  required.level.name.lower(), "; ".join(required.reasons))

@@ -55,11 +55,11 @@ def authorize() -> Response:
         request_requirement(params)
     except RequestError as error:
         return authorization_error(InvalidRequestError(str(error), state=params.get("state"),
-                                                       redirect_uri=params["redirect_uri"]))
+                                                       redirect_uri=params["redirect_uri"]), params)
     except Unmeetable as error:
         return unmet(params, str(error))
     except OAuth2Error as error:
-        return authorization_error(error, params.get("ui_locales"))
+        return authorization_error(error, params)
     prompts = params.get("prompt", "").split()
     session = b.sessions.get(request.cookies.get(SESSION_COOKIE))
     fresh_login_needed = session is None or "login" in prompts or max_age_exceeded(params, session)
@@ -67,15 +67,15 @@ def authorize() -> Response:
         return authorization_response(params, session, grant)
     if "none" in prompts:
         error = LoginRequiredError(redirect_uri=params["redirect_uri"], state=params.get("state"))
-        return authorization_error(error)
+        return authorization_error(error, params)
     return start_login(params, force=session is not None)
 
 
 def _refuse_repeated_parameters(redirect_uri: str, state: str | None) -> None:
-    """RFC 6749 §3.1: no parameter twice. The error goes back to the client unless the
-    client or its redirect URI is the ambiguous one."""
+    """RFC 6749 §3.1: no parameter twice (values sent empty count as omitted). The error
+    goes back to the client unless the client or its redirect URI is the ambiguous one."""
     for name in request.values:
-        if len(request.values.getlist(name)) > 1:
+        if len([value for value in request.values.getlist(name) if value]) > 1:
             ambiguous = name in ("client_id", "redirect_uri")
             raise InvalidRequestError(f"Parameter '{name}' is repeated.", state=state,
                                       redirect_uri=None if ambiguous else redirect_uri)

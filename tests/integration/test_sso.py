@@ -51,6 +51,14 @@ def test_second_client_gets_a_code_without_upstream_login(chain: Chain) -> None:
     assert jws.extract_compact(token.json()["id_token"].encode()).headers()["alg"] == "RS256"
 
 
+def test_max_age_without_a_value_is_as_if_omitted(chain: Chain) -> None:
+    """RFC 6749 §3.1: it asks for no fresh login, so a silent request gets its code."""
+    _, _, browser = chain.login()
+    url, _ = chain.authorize_url(prompt="none", max_age="")
+    silent = browser.http.get(url, allow_redirects=False, timeout=5)
+    assert "code" in parse_qs(urlsplit(silent.headers["Location"]).query)
+
+
 def test_prompt_login_forces_a_new_upstream_login(chain: Chain) -> None:
     _, _, browser = chain.login()
     before = sum("/login" in s.url and "/demo-idp/" in s.url for s in browser.history)

@@ -12,6 +12,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from idbroker.audit.log import records
 from tests.integration.conftest import ROLES_CLIENT, STEPUP_ORG, Chain
 from tests.support.browser import Browser, Step, TotpApp
 
@@ -84,9 +85,14 @@ def test_an_undefined_scope_is_invalid_scope(chain: Chain) -> None:
 
 def test_a_person_without_a_role_gets_access_denied(chain: Chain) -> None:
     """Anna Jansen (another organisation) holds no role in the roles-only client."""
+    before = chain.broker.audit.head().seq
     query, _, _ = chain.login(Browser(), client_id=ROLES_CLIENT, scope="openid roles.agenda")
     assert query["error"] == ["access_denied"], query
     assert "no role" in query["error_description"][0]
+    # Refused on the IdP's callback page: recorded under the client the request named.
+    refusals = [r.event for r in records(chain.broker.audit)
+                if r.seq > before and r.event["type"] == "refusal"]
+    assert [(e["reason"], e.get("client")) for e in refusals] == [("access_denied", ROLES_CLIENT)]
 
 
 def test_an_identity_only_client_names_the_organisation_but_no_team(chain: Chain) -> None:
