@@ -74,6 +74,7 @@ from idbroker.tokens import (
     decide_exchange,
     introspect,
     level_of_acr,
+    new_family,
     verify_access_token,
 )
 from idbroker.tokens.exchange import check_subject_token, exchange_target, read_exchange_request
@@ -129,6 +130,9 @@ class BrokerUser:
     #: upstream identity the policy is evaluated on again at every refresh.
     session_ends_at: float | None = None
     identity: dict[str, Any] | None = None
+    #: The refresh family of the grant (None: no refresh token). Its access tokens carry it as
+    #: ``family``, so ending the family ends them too (RFC 7009 §2.1).
+    family: str | None = None
 
     def get_user_id(self) -> str:
         return self.sub
@@ -587,7 +591,7 @@ def sent_value_detail(name: str, value: str | None, known: Container[str]) -> di
 class _NothingRevoked:
     """For telling a revoked token from a bad one: this check revokes nothing."""
 
-    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
+    def is_revoked(self, jti: str, sid: str | None = None, family: str | None = None) -> bool:
         return False
 
 
@@ -602,9 +606,9 @@ class _RevokedAndSession:
         self.revocations = revocations
         self.session: dict[str, Any] | None = None
 
-    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
+    def is_revoked(self, jti: str, sid: str | None = None, family: str | None = None) -> bool:
         also = [("session-person", sid)] if sid is not None else []
-        revoked, found = self.revocations.revoked_and_fetch(jti, sid, also)
+        revoked, found = self.revocations.revoked_and_fetch(jti, sid, also, family=family)
         self.session = found[0] if found else None
         return revoked
 
@@ -978,6 +982,11 @@ class Provider:
             claims["acr"] = user.acr
         if user.amr:
             claims["amr"] = user.amr
+        starts_family = (grant_type == "authorization_code" and include_refresh_token
+                         and "offline_access" in (scope or "").split() and bool(user.session_ends_at))
+        family = new_family() if starts_family else user.family
+        if family is not None:
+            claims["family"] = family  # ending the refresh family ends this token (RFC 7009 §2.1)
         claims.update(self.acting_claims(user, client.policy, for_api=True))
         # Made before it is recorded, the refresh token of a code redemption too: what the trail
         # names as issued exists (if signing or the store fails, nothing is recorded, and a
@@ -985,13 +994,12 @@ class Provider:
         # and never handed out, which nobody holds.
         token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                  "expires_in": lifetime, "scope": scope or ""}
-        if (grant_type == "authorization_code" and include_refresh_token
-                and "offline_access" in (scope or "").split() and user.session_ends_at):
+        if starts_family:
             token["refresh_token"], _ = self.refresh.issue(
                 client_id=client.client_id, person=user.person or user.sub, sid=user.sid,
                 organisation=user.organisation, team=user.team, level=level_of_acr(user.acr).name.lower(),
                 amr=user.amr, auth_time=user.auth_time, scope=scope or "", audience=claims["aud"],
-                absolute_expires_at=user.session_ends_at, identity=user.identity)
+                absolute_expires_at=user.session_ends_at, identity=user.identity, family=family)
         event = EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED
         # ``subject``: the ``sub`` issued (the ID token of a code redemption has the same), so
         # the trail links a pairwise subject a resource server logs to the person.
@@ -1031,7 +1039,7 @@ class Provider:
                           scope=scope, organisation=grant.organisation, team=grant.team,
                           roles=token_roles(team, client.id, level), person=grant.person,
                           audience=grant.audience, session_ends_at=grant.absolute_expires_at,
-                          identity=dict(grant.identity or {}))
+                          identity=dict(grant.identity or {}), family=grant.family)
         return {"user": user}
 
     def _decision(self, identity: Any, person: Any, client_id: str) -> Decision:

@@ -187,6 +187,8 @@ class ExchangeGrant:
     act: Mapping[str, Any]
     sid: str | None
     amr: tuple[str, ...]
+    #: The refresh family of the subject token, if any: ending it ends this token too.
+    family: str | None
     #: The new token never outlives the token it was made from.
     not_after: int
 
@@ -204,7 +206,7 @@ class ExchangeGrant:
             "team": self.team, "roles": list(self.roles), "act": dict(self.act),
         }
         optional = {"organisation": self.organisation, "acr": self.acr, "auth_time": self.auth_time,
-                    "sid": self.sid, "amr": list(self.amr) or None}
+                    "sid": self.sid, "amr": list(self.amr) or None, "family": self.family}
         claims.update({name: value for name, value in optional.items() if value is not None})
         return claims
 
@@ -272,6 +274,7 @@ def decide_exchange(policy: Policy, subject_token_claims: Mapping[str, Any], act
         team=team, roles=tuple(str(role) for role in kept_roles), acr=acr if isinstance(acr, str) else None,
         auth_time=auth_time if isinstance(auth_time, int) else None, act=act,
         sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+        family=claims.get("family") if isinstance(claims.get("family"), str) else None,
         amr=tuple(amr) if isinstance(amr, list) else (), not_after=int(exp))
 
 

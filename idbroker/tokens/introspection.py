@@ -33,7 +33,7 @@ INACTIVE: Mapping[str, Any] = {"active": False}
 class RevocationCheck(Protocol):
     """What verification needs of :class:`~idbroker.tokens.revocation.Revocations`."""
 
-    def is_revoked(self, jti: str, sid: str | None = None) -> bool: ...
+    def is_revoked(self, jti: str, sid: str | None = None, family: str | None = None) -> bool: ...
 
 
 class InactiveToken(ValueError):
@@ -77,8 +77,9 @@ def verify_access_token(token: str, keys: KeyRing, issuer: str, revoked: Revocat
         raise InactiveToken("not yet valid")
     if single_audience(claims) is None or not isinstance(claims["jti"], str):
         raise InactiveToken("malformed aud or jti")
-    sid = claims.get("sid")
-    if revoked.is_revoked(claims["jti"], sid if isinstance(sid, str) else None):
+    sid, family = claims.get("sid"), claims.get("family")
+    if revoked.is_revoked(claims["jti"], sid if isinstance(sid, str) else None,
+                          family if isinstance(family, str) else None):
         raise InactiveToken("revoked")
     return claims
 

@@ -84,6 +84,11 @@ class RefreshGrant:
 _FIELDS = tuple(f.name for f in fields(RefreshGrant))
 
 
+def new_family() -> str:
+    """A new family id: random, not a bearer secret (it revokes nothing by itself)."""
+    return secrets.token_urlsafe(16)
+
+
 class RevokedFamily(NamedTuple):
     """A family :meth:`RefreshTokens.revoke` ended, as the audit records it."""
 
@@ -103,13 +108,14 @@ class RefreshTokens:
     def issue(self, *, client_id: str, person: str, sid: str, organisation: str | None, team: str | None,
               level: str, amr: Sequence[str], auth_time: int, scope: str, audience: str,
               absolute_expires_at: float, identity: Mapping[str, Any] | None = None,
-              now: float | None = None) -> tuple[str, RefreshGrant]:
-        """The first token of a new family (at the authorization code grant)."""
+              family: str | None = None, now: float | None = None) -> tuple[str, RefreshGrant]:
+        """The first token of a new family (at the authorization code grant). ``family``: its
+        id when the caller needs it first (the access tokens issued with it carry it)."""
         now = time.time() if now is None else now
         if absolute_expires_at <= now:
             raise TokenError(INVALID_GRANT, "the session has reached its absolute limit")
         grant = RefreshGrant(
-            family=secrets.token_urlsafe(16), client_id=client_id, person=person, sid=sid,
+            family=family or new_family(), client_id=client_id, person=person, sid=sid,
             organisation=organisation, team=team, level=level, amr=tuple(amr), auth_time=int(auth_time),
             scope=scope, audience=audience, absolute_expires_at=int(absolute_expires_at),
             identity=dict(identity or {}), issued_at=int(now), generation=0)

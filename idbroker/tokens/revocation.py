@@ -40,16 +40,18 @@ class Revocations:
         if ttl is not None:
             self.store.put(_JTI, jti, {"exp": int(exp)}, ttl)
 
-    def is_revoked(self, jti: str, sid: str | None = None) -> bool:
-        """Whether an access token is revoked: by its own ``jti``, or its session (``sid``)
-        (both looked up in one round trip)."""
-        return self.revoked_and_fetch(jti, sid)[0]
+    def is_revoked(self, jti: str, sid: str | None = None, family: str | None = None) -> bool:
+        """Whether an access token is revoked: by its own ``jti``, its session (``sid``), or
+        the refresh family it was issued with (``family``; RFC 7009 §2.1: ending a refresh
+        token's grant ends its access tokens too), all looked up in one round trip."""
+        return self.revoked_and_fetch(jti, sid, family=family)[0]
 
-    def revoked_and_fetch(self, jti: str, sid: str | None,
-                          also: Sequence[tuple[str, str]] = ()) -> tuple[bool, list[dict[str, Any] | None]]:
+    def revoked_and_fetch(self, jti: str, sid: str | None, also: Sequence[tuple[str, str]] = (), *,
+                          family: str | None = None) -> tuple[bool, list[dict[str, Any] | None]]:
         """:meth:`is_revoked`, and the store entries ``also`` names, in the same round trip
         (token exchange needs the token's session record right after this check)."""
-        wanted = [(_JTI, jti), *([(_SESSION, sid)] if sid is not None else []), *also]
+        wanted = [(_JTI, jti), *([(_SESSION, sid)] if sid is not None else []),
+                  *([(_FAMILY, family)] if family is not None else []), *also]
         found = self.store.get_many(wanted)
         checked = len(wanted) - len(also)
         return any(entry is not None for entry in found[:checked]), found[checked:]

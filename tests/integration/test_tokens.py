@@ -774,6 +774,29 @@ def test_revoking_with_an_old_refresh_token_ends_the_family_and_is_audited(chain
     assert [(e["client"], set(e["detail"])) for e in revoked] == [(ROLES_CLIENT, {"family_sha256"})]
 
 
+@pytest.mark.parametrize("ending", ["revoked", "reused"])
+def test_ending_a_refresh_family_ends_its_access_tokens_everywhere(chain: Chain, ending: str) -> None:
+    """RFC 7009 §2.1: revoking a refresh token ends the access tokens of its grant, and reuse
+    (theft) does the same: the code redemption's token, the refreshed ones and any exchanged
+    from them, on every instance. Another login's tokens live on."""
+    body = _roles_login(chain, 67)
+    refreshed = _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()
+    exchanged = _exchange(chain, refreshed["access_token"], scope="api.lezen").json()["access_token"]
+    family_tokens = {ROLES_CLIENT: [body["access_token"], refreshed["access_token"]], API_CLIENT: [exchanged]}
+    bystander = _roles_login(chain, 67)["access_token"]
+    if ending == "revoked":
+        assert _post(chain, "revoke", ROLES_CLIENT, token=refreshed["refresh_token"]).status_code == 200
+    else:
+        assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
+    other_instance = create_app(chain.broker.settings).test_client()
+    for audience, tokens in family_tokens.items():
+        for token in tokens:
+            assert _post(chain, "introspect", audience, token=token).json() == {"active": False}
+            seen = other_instance.post("/introspect", data={"token": token, **_auth(chain, audience)})
+            assert seen.get_json() == {"active": False}
+    assert _post(chain, "introspect", ROLES_CLIENT, token=bystander).json()["active"] is True
+
+
 def test_the_trail_names_no_token_the_store_failed_to_make(chain: Chain,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A code redemption whose refresh token cannot be stored answers 503 and records no

@@ -107,6 +107,9 @@ def test_every_kind_of_revocation_is_seen_by_another_instance(store_factory: Sto
     assert seen.is_revoked("jti-other", "sid-2") and not seen.is_revoked("jti-other", "sid-live")
     assert seen.grant_revoked("family-3", "sid-live") and seen.grant_revoked("family-live", "sid-2")
     assert not seen.grant_revoked("family-live", "sid-live")
+    # An access token of an ended refresh family (RFC 7009 §2.1), in the same lookup.
+    assert seen.is_revoked("jti-other", "sid-live", "family-3")
+    assert not seen.is_revoked("jti-other", "sid-live", "family-live")
     here.close()
     there.close()
 
