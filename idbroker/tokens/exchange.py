@@ -27,9 +27,6 @@ from idbroker.tokens.introspection import InactiveToken, RevocationCheck, single
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-#: The request parameters that may appear once at most (RFC 6749 §3.2); ``audience`` and
-#: ``resource`` are checked apart, as ``invalid_target`` (RFC 8693 §2.2.2).
-_SINGLE_PARAMETERS = ("subject_token", "subject_token_type", "scope", "requested_token_type")
 _LEVEL_BY_ACR = {level.acr: level for level in Level}
 
 
@@ -51,8 +48,8 @@ class ExchangeRequest:
 
 
 def read_exchange_request(params: Mapping[str, Sequence[str]]) -> ExchangeRequest:
-    """The request's parameters (each name with all its values, repeats kept), or
-    :class:`TokenError`. Nothing the broker would not act on is silently ignored:
+    """The request's parameters (each name with all its values), or :class:`TokenError`.
+    Nothing the broker would not act on is silently ignored:
 
     * ``actor_token`` / ``actor_token_type``: ``invalid_request``. The actor is the
       authenticated calling client (``act``), never a token a caller hands in; RFC 8693
@@ -61,16 +58,17 @@ def read_exchange_request(params: Mapping[str, Sequence[str]]) -> ExchangeReques
       ``...:token-type:jwt``: RFC 8693 §3 keeps that for a JWT as such (an assertion for
       another authorization server), while what is issued here is an access token of this
       broker, whatever its format.
-    * more than one ``audience`` or ``resource``: ``invalid_target`` (one audience per token).
-    * a missing ``subject_token`` or ``subject_token_type``, or a repeated parameter:
-      ``invalid_request`` (RFC 6749 §3.2, §5.2).
+    * more than one ``audience`` or ``resource``: ``invalid_target`` (one audience per token;
+      RFC 8693 allows several, so the token endpoint lets these two repeat and leaves them
+      to this check).
+    * a missing ``subject_token`` or ``subject_token_type``: ``invalid_request``.
+
+    Any other parameter sent twice never gets here: the token endpoint refuses it for every
+    grant (``FormPayload.repeated``, RFC 6749 §3.2).
     """
     if "actor_token" in params or "actor_token_type" in params:
         raise TokenError(INVALID_REQUEST,
                          "actor tokens are not supported: the authenticated client is the actor")
-    for name in _SINGLE_PARAMETERS:
-        if len(params.get(name, ())) > 1:
-            raise TokenError(INVALID_REQUEST, f"the parameter {name} is repeated")
     if len(params.get("audience", ())) > 1 or len(params.get("resource", ())) > 1:
         raise TokenError(INVALID_TARGET, "one audience per token: name one audience or one resource")
     requested_type = _single(params, "requested_token_type")

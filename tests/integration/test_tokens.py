@@ -436,6 +436,9 @@ def test_token_exchange_refuses_what_it_would_not_act_on(chain: Chain) -> None:
                   subject_token_type=ACCESS_TOKEN_TYPE),
             _post(chain, "token", ROLES_CLIENT, grant_type=TOKEN_EXCHANGE, audience=API_CLIENT,
                   subject_token=subject),
+            _exchange_repeating(chain, subject, ("audience", API_CLIENT), ("subject_token", other_persons)),
+            _exchange_repeating(chain, subject, ("audience", API_CLIENT), ("scope", "api.lezen"),
+                                ("scope", "api.lezen")),
         ],
         "invalid_target": [
             _exchange_repeating(chain, subject, ("audience", API_CLIENT), ("audience", "test-rp")),
