@@ -324,11 +324,12 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return self.provider.store.add("client-jti", key, {"at": int(time.time())}, ttl)
 
 
-def _presented_client_credentials(request: OAuth2Request) -> list[str]:
+def _presented_client_credentials(request: OAuth2Request, basic: str | None) -> list[str]:
     """The client authentication methods a token endpoint request carries credentials for,
-    well-formed or not: HTTP Basic, a client assertion (RFC 7523), a secret in the body."""
+    well-formed or not: HTTP Basic (``basic``: :func:`_basic_credentials`), a client
+    assertion (RFC 7523), a secret in the body."""
     form = request.form
-    presented = ["client_secret_basic"] if _basic_credentials(request) is not None else []
+    presented = ["client_secret_basic"] if basic is not None else []
     if "client_assertion" in form or "client_assertion_type" in form:
         presented.append("client_assertion")
     if "client_secret" in form:
@@ -833,13 +834,13 @@ class TokenServer(OAuth2AuthorizationServer):
           authlib's parser would fail with an exception.
 
         And after: a ``client_id`` in the form names the client the credentials authenticate
-        (RFC 6749 §3.2.1), or the request is ``invalid_client``; refusals are audited under
-        the form's ``client_id``, so it must never name another client than the caller."""
-        presented = _presented_client_credentials(request)
+        (RFC 6749 §3.2.1), or the request is ``invalid_client``. Only then is the request's
+        ``authenticated_client`` set, the one client its refusals may be recorded under."""
+        basic = _basic_credentials(request)
+        presented = _presented_client_credentials(request, basic)
         if len(presented) > 1:
             raise InvalidRequestError("Use one client authentication method per request, not "
                                       f"{' and '.join(presented)}.")
-        basic = _basic_credentials(request)
         if basic is not None:
             _check_basic_credentials(basic)
         client: Client = super().authenticate_client(request, methods, endpoint)
