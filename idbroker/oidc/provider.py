@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hashlib
 import hmac
 import json
@@ -1129,7 +1130,8 @@ class Provider:
 
     def record_refusal(self, reason: str, client_id: str | None, *, type_: EventType = EventType.REFUSAL,
                        detail: dict[str, Any] | None = None) -> None:
-        """A refusal at the token endpoints; a broken audit store is logged, not a 500. It
+        """A refusal at the token endpoints, under ``client_id`` (an authenticated client's, or
+        None); a broken audit store is logged, not a 500. It
         hands nothing out, so it is not synced on its own (``durable=False``): the next
         durable event, before any token, syncs it too. Never raises :class:`UnsafeAuditValue`:
         the client's answer must not depend on what its request did to the audit record."""
@@ -1143,24 +1145,21 @@ class Provider:
 
     def _refusal_event(self, type_: EventType, reason: str, client_id: str | None,
                        detail: dict[str, Any]) -> AuditEvent | None:
-        """The refusal's event with as much as the audit guard lets through: a ``client_id``
-        from the request, or a detail, that may not be recorded is left out (the event says
-        ``unsafe_value_dropped``, as :func:`idbroker.web.audit` does), never the refusal itself.
-        None, logged as an error naming only the field, if not even that can be recorded."""
-        context = self.audit_context()
-        refused: UnsafeAuditValue | None = None
-        for client, kept in ((client_id, detail), (None, detail), (client_id, {}), (None, {})):
-            dropped = (client is None and client_id is not None) or (not kept and bool(detail))
-            try:
-                return AuditEvent(type=type_, outcome="refused", reason=reason, client=client,
-                                  detail={**kept, "unsafe_value_dropped": True} if dropped else kept,
-                                  **context)
-            except UnsafeAuditValue as error:
-                if refused is None:
-                    _log.warning("refusal %s: %s; recorded without the outside values", reason, error)
-                refused = error
-        _log.error("refusal %s NOT recorded: %s", reason, refused)
-        return None
+        """The refusal's event; a detail the audit guard refuses is left out (the event then
+        says ``unsafe_value_dropped``, as :func:`idbroker.web.audit` does), never the refusal
+        itself. ``client_id`` is an authenticated client's at every caller, never a request's
+        own text. None, logged as an error naming only the field, if even that is refused."""
+        event = functools.partial(AuditEvent, type=type_, outcome="refused", reason=reason,
+                                  client=client_id, **self.audit_context())
+        try:
+            return event(detail=detail)
+        except UnsafeAuditValue as error:
+            _log.warning("refusal %s: %s; recorded without its detail", reason, error)
+        try:
+            return event(detail={"unsafe_value_dropped": True})
+        except UnsafeAuditValue as error:
+            _log.error("refusal %s NOT recorded: %s", reason, error)
+            return None
 
     # -- per SSO session: the profile for /userinfo (tokens carry no personal data) and
     # -- who the session is, for token exchange (a pairwise sub cannot be turned back) --
