@@ -726,6 +726,17 @@ def test_a_client_id_the_policy_does_not_know_is_recorded_by_its_hash_only(chain
                                    "claimed_client_id_sha256": claimed}
 
 
+def test_a_refusal_whose_detail_may_not_be_recorded_is_recorded_without_it(chain: Chain) -> None:
+    """Not reachable from a request either (details are the broker's own or hashed)."""
+    app = create_app(chain.broker.settings, broker=chain.broker)
+    before = chain.broker.audit.head().seq
+    with app.test_request_context("/token", method="POST"):
+        chain.broker.provider.record_refusal("invalid_grant", ROLES_CLIENT, detail={"grant_type": "x\x00"})
+    events = [r.event for r in records(chain.broker.audit) if r.seq > before]
+    assert [(e["reason"], e["client"], e["detail"]) for e in events] == [
+        ("invalid_grant", ROLES_CLIENT, {"unsafe_value_dropped": True})]
+
+
 def test_a_refusal_that_cannot_be_recorded_at_all_is_logged_without_its_values(
         chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
     """Not reachable from a request (reasons are the broker's own codes): the last resort."""
