@@ -422,17 +422,26 @@ class OpenIDConnect(OpenIDCode):
 
     def __call__(self, grant: Any) -> None:
         # Unlike authlib's default, a request without ``openid`` is refused, not served as OAuth.
-        grant.register_hook("after_create_token_response", self.process_token)
+        # The ID token is not added in authlib's after_create_token_response hook, which runs
+        # after the redemption is recorded: CodeGrant.generate_token makes it with the access
+        # token, so a signing failure leaves no ``token.issued`` naming what never left.
         grant.register_hook("after_validate_authorization_request_payload",
                             self.validate_openid_authorization_request)
-
-    def encode_id_token(self, token: dict[str, Any], request: Any) -> str:
-        return self.provider.id_token(request.client, request.user, request.authorization_code,
-                                      token.get("access_token"))
 
 
 class CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def generate_token(self, user: BrokerUser | None = None, scope: str | None = None,
+                       grant_type: str | None = None, expires_in: int | None = None,
+                       include_refresh_token: bool = True) -> dict[str, Any]:
+        """The server's token generator, given the code, so that the ID token is made (with
+        its nonce and ``at_hash``) before the redemption is recorded."""
+        provider: Provider = self.server.provider
+        return provider.generate_token(grant_type or self.GRANT_TYPE, self.request.client, user=user,
+                                       scope=scope, expires_in=expires_in,
+                                       include_refresh_token=include_refresh_token,
+                                       code=self.request.authorization_code)
 
     def validate_requested_scope(self) -> None:
         """A scope nobody defined is an error (``invalid_scope``); an identity scope this client
@@ -917,7 +926,7 @@ class Provider:
         protector.register_token_validator(JwtBearerValidator(self))
         pages.register_endpoint(UserInfoFromToken(self, protector))
         pages.register_endpoint(EndSession(self))
-        tokens.register_token_generator("default", self._generate_token)
+        tokens.register_token_generator("default", self.generate_token)
         tokens.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt(self))
         tokens.register_grant(RefreshGrantWithRotation)
         tokens.register_grant(TokenExchangeGrant)
@@ -966,11 +975,13 @@ class Provider:
         return {name: value for name, value in available.items()
                 if value not in (None, "", []) and (name in always or name in client.received_claims)}
 
-    def _generate_token(self, grant_type: str, client: Client, user: BrokerUser | None = None,
-                        scope: str | None = None, expires_in: int | None = None,
-                        include_refresh_token: bool = True) -> dict[str, Any]:
-        """An RFC 9068 access token for one audience; with the code grant also the first
-        refresh token of a family, when the client may have them and asked ``offline_access``."""
+    def generate_token(self, grant_type: str, client: Client, user: BrokerUser | None = None,
+                       scope: str | None = None, expires_in: int | None = None,
+                       include_refresh_token: bool = True,
+                       code: AuthorizationCode | None = None) -> dict[str, Any]:
+        """An RFC 9068 access token for one audience; with the code grant (``code``) also the ID
+        token, and the first refresh token of a family when the client may have them and asked
+        ``offline_access``."""
         assert user is not None
         lifetime = self.settings.tokens.access_token_lifetime
         now = int(time.time())
@@ -990,12 +1001,14 @@ class Provider:
         if family is not None:
             claims["family"] = family  # ending the refresh family ends this token (RFC 7009 §2.1)
         claims.update(self.acting_claims(user, client.policy, for_api=True))
-        # Made before it is recorded, the refresh token of a code redemption too: what the trail
-        # names as issued exists (if signing or the store fails, nothing is recorded, and a
-        # refresh's rotation is undone). Only the record's own failure leaves something made
-        # and never handed out, which nobody holds.
+        # Made before it is recorded, the ID and refresh tokens of a code redemption too: what
+        # the trail names as issued exists (if signing or the store fails, nothing is recorded,
+        # and a refresh's rotation is undone). Only the record's own failure leaves something
+        # made and never handed out, which nobody holds.
         token = {"token_type": "Bearer", "access_token": self.keys.sign(claims, typ="at+jwt"),
                  "expires_in": lifetime, "scope": scope or ""}
+        if code is not None and is_openid_scope(scope):
+            token["id_token"] = self.id_token(client, user, code, token["access_token"])
         if starts_family:
             token["refresh_token"], _ = self.refresh.issue(
                 client_id=client.client_id, person=user.person or user.sub, sid=user.sid,

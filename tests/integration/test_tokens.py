@@ -811,23 +811,35 @@ def test_ending_a_refresh_family_ends_its_access_tokens_everywhere(chain: Chain,
     assert _post(chain, "introspect", ROLES_CLIENT, token=bystander).json()["active"] is True
 
 
-def test_the_trail_names_no_token_the_store_failed_to_make(chain: Chain,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A code redemption whose refresh token cannot be stored answers 503 and records no
-    issued access token: what the trail names as issued exists and was handed out."""
+@pytest.mark.parametrize(("broken", "username", "status", "error"), [
+    ("refresh token's store", "s61", 503, "temporarily_unavailable"),
+    ("ID token's signing", "s62", 500, "server_error"),
+])
+def test_the_trail_names_no_token_that_could_not_be_made(chain: Chain, monkeypatch: pytest.MonkeyPatch,
+                                                         broken: str, username: str, status: int,
+                                                         error: str) -> None:
+    """A code redemption whose refresh token cannot be stored, or whose ID token cannot be
+    signed, answers with an error and records no issued token: what the trail names as
+    issued exists and was handed out (the ID token is made before the record, not after)."""
     from idbroker.store import StoreUnavailable
 
-    query, request, _ = chain.login(Browser(username="s61", organisation=STEPUP_ORG),
+    query, request, _ = chain.login(Browser(username=username, organisation=STEPUP_ORG),
                                     client_id=ROLES_CLIENT, scope="openid roles.agenda offline_access")
 
     def store_down(*args: Any, **kwargs: Any) -> None:
         raise StoreUnavailable("the test pulled the plug")
 
-    monkeypatch.setattr(chain.broker.provider.refresh, "issue", store_down)
+    def signing_fails(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("the test broke the signing")
+
+    if broken == "ID token's signing":
+        monkeypatch.setattr(chain.broker.provider, "id_token", signing_fails)
+    else:
+        monkeypatch.setattr(chain.broker.provider.refresh, "issue", store_down)
     before = chain.broker.audit.head().seq
     reply = chain.redeem(query["code"][0], request["verifier"], client_id=ROLES_CLIENT,
                          assertion=chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT))
-    _assert_json_answer(reply, 503, "temporarily_unavailable")
+    _assert_json_answer(reply, status, error)
     assert [r.event for r in records(chain.broker.audit)
             if r.seq > before and r.event["type"] == "token.issued"] == []
 
