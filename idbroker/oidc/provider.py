@@ -1095,6 +1095,7 @@ class Provider:
             issuer=self.issuer, subject=subject_for(self.keys.secrets["subject_salt"], session["person"],
                                                     grant.target),
             now=time.time(), lifetime=self.settings.tokens.access_token_lifetime)
+        access_token = self.keys.sign(new, typ="at+jwt")  # made before it is recorded
         self.audit.record(AuditEvent(
             type=EventType.TOKEN_EXCHANGED, person=session["person"], sid=new.get("sid"),
             organisation=grant.organisation, team=grant.team, roles=grant.roles, client=client.client_id,
@@ -1102,7 +1103,7 @@ class Provider:
             detail={"jti": new["jti"], "subject": new["sub"], "subject_jti": claims["jti"],
                     "target": grant.target.id},
             **self.audit_context()))
-        return {"access_token": self.keys.sign(new, typ="at+jwt"), "token_type": "Bearer",
+        return {"access_token": access_token, "token_type": "Bearer",
                 "issued_token_type": grant.issued_token_type, "expires_in": new["exp"] - new["iat"],
                 "scope": new["scope"]}
 

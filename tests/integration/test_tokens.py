@@ -396,6 +396,21 @@ def test_token_exchange_keeps_person_team_and_acr_and_names_the_caller(chain: Ch
     assert any(r.event["type"] == "token.exchanged" for r in records(chain.broker.audit))
 
 
+def test_an_exchange_not_signed_is_not_recorded(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exchanged token is signed before ``token.exchanged`` is recorded: a signing failure
+    answers an error and leaves no record of a token that never left."""
+    subject = _roles_login(chain, 59)["access_token"]
+
+    def signing_fails(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("the test broke the signing")
+
+    monkeypatch.setattr(chain.broker.provider.keys, "sign", signing_fails)
+    before = chain.broker.audit.head().seq
+    _assert_json_answer(_exchange(chain, subject, scope="api.lezen"), 500, "server_error")
+    assert [r.event for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "token.exchanged"] == []
+
+
 def test_token_exchange_refusals(chain: Chain) -> None:
     subject = _roles_login(chain, 60)["access_token"]
     forbidden = _exchange(chain, subject, audience="test-rp")
