@@ -1137,8 +1137,9 @@ class Provider:
                                          leeway=self.settings.tokens.clock_skew)
         except InactiveToken:
             return
-        sid = claims.get("sid")
-        if self.revocations.is_revoked(claims["jti"], sid if isinstance(sid, str) else None):
+        sid, family = claims.get("sid"), claims.get("family")
+        if self.revocations.is_revoked(claims["jti"], sid if isinstance(sid, str) else None,
+                                       family if isinstance(family, str) else None):
             self.record_refusal("revoked_token", client.client_id, type_=EventType.INTROSPECTION_REVOKED,
                                 detail={"jti": claims["jti"]})
 

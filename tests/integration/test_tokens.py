@@ -807,7 +807,8 @@ def test_revoking_with_an_old_refresh_token_ends_the_family_and_is_audited(chain
 def test_ending_a_refresh_family_ends_its_access_tokens_everywhere(chain: Chain, ending: str) -> None:
     """RFC 7009 §2.1: revoking a refresh token ends the access tokens of its grant, and reuse
     (theft) does the same: the code redemption's token, the refreshed ones and any exchanged
-    from them, on every instance. Another login's tokens live on."""
+    from them, on every instance, and each one presented is audited as a revoked token still
+    held. Another login's tokens live on."""
     body = _roles_login(chain, 67)
     refreshed = _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()
     exchanged = _exchange(chain, refreshed["access_token"], scope="api.lezen").json()["access_token"]
@@ -818,11 +819,16 @@ def test_ending_a_refresh_family_ends_its_access_tokens_everywhere(chain: Chain,
     else:
         assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
     other_instance = create_app(chain.broker.settings).test_client()
+    before = chain.broker.audit.head().seq
     for audience, tokens in family_tokens.items():
         for token in tokens:
             assert _post(chain, "introspect", audience, token=token).json() == {"active": False}
             seen = other_instance.post("/introspect", data={"token": token, **_auth(chain, audience)})
             assert seen.get_json() == {"active": False}
+    noted = [r.event["detail"]["jti"] for r in records(chain.broker.audit)
+             if r.seq > before and r.event["type"] == "introspection.revoked"]
+    presented = [_claims(token)["jti"] for tokens in family_tokens.values() for token in tokens]
+    assert sorted(noted) == sorted(jti for jti in presented for _ in range(2))  # here and there
     assert _post(chain, "introspect", ROLES_CLIENT, token=bystander).json()["active"] is True
 
 
