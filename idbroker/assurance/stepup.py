@@ -96,6 +96,16 @@ def required_level(client_min: Level | None, role_min: Level | None,
             level = max(level, min(known))
         if is_essential and values:
             essential = tuple(v for v in values if v in BUILTIN_VOCABULARY)
+    if essential:
+        # The token must carry one of these values and never claim less than is required, so
+        # only a listed value at or above the level counts: the weakest such one is needed.
+        reachable = [BUILTIN_VOCABULARY[v] for v in essential if BUILTIN_VOCABULARY[v] >= level]
+        if not reachable:
+            raise Unmeetable(f"the claims parameter makes acr essential with only values below "
+                             f"the required {level.name.lower()}")
+        if min(reachable) > level:
+            reasons.append(f"the essential acr values allow nothing below {min(reachable).name.lower()}")
+            level = min(reachable)
     return Requirement(level, tuple(reasons), essential)
 
 

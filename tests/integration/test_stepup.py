@@ -175,9 +175,17 @@ def test_claims_parameter_garbage_is_invalid_request(chain: Chain, claims: str) 
     assert query["error"] == ["invalid_request"], query
 
 
-def test_essential_acr_with_only_unknown_values_is_unmet(chain: Chain) -> None:
-    claims = json.dumps({"id_token": {"acr": {"essential": True, "value": "urn:example:loa:9"}}})
-    query, _, _ = chain.login(person(6), claims=claims)
+@pytest.mark.parametrize(("acr", "params"), [
+    ({"value": "urn:example:loa:9"}, {}),  # only a value the broker does not know
+    ({"values": [LOW]}, {"acr_values": SUBSTANTIAL}),  # only a value below what is asked for
+])
+def test_an_essential_acr_the_token_could_not_carry_is_unmet(chain: Chain, acr: dict[str, Any],
+                                                             params: dict[str, str]) -> None:
+    """Refused before the login, never a login that then cannot be answered (a substantial
+    upstream login used to end in a 500 when the essential value was low)."""
+    claims = json.dumps({"id_token": {"acr": {"essential": True, **acr}}})
+    browser = Browser(username="t.devos", organisation=TRUSTED_OIDC_ORG)
+    query, _, _ = chain.login(browser, claims=claims, **params)
     assert query["error"] == ["unmet_authentication_requirements"]
 
 

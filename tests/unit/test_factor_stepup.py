@@ -50,8 +50,10 @@ def essential(*values: str) -> dict[str, object]:
     (None, None, None, {"id_token": {"acr": None}}, LOW),
     (None, None, None, {"id_token": {"acr": {"essential": True}}}, LOW),
     (None, None, None, json.dumps(essential(E_SUB)), SUB),  # the parameter as the client sent it
-    (SUB, SUB, E_LOW, essential(E_LOW), SUB),
     (None, None, E_SUB, essential(E_HIGH), HIGH),
+    (None, None, None, essential(E_LOW, E_HIGH), LOW),
+    (SUB, None, None, essential(E_LOW, E_HIGH), HIGH),  # low may not be claimed, so high is needed
+    (None, SUB, E_LOW, essential(E_LOW, E_SUB), SUB),
 ])
 def test_required_level(client_min: Level | None, role_min: Level | None, acr_values: str | None,
                         claims: object, expected: Level) -> None:
@@ -64,9 +66,28 @@ def test_the_requirement_says_why() -> None:
     assert "acr_values asks for at least high" in requirement.reasons
 
 
-def test_an_essential_acr_with_only_unknown_values_cannot_be_met() -> None:
+@pytest.mark.parametrize(("client_min", "role_min", "acr_values", "claims"), [
+    (None, None, None, essential("urn:example:super-strong")),  # only unknown values
+    (SUB, SUB, E_LOW, essential(E_LOW)),  # only values below what is required
+    (None, None, E_SUB, essential(E_LOW)),
+    (None, HIGH, None, essential(E_LOW, E_SUB)),
+])
+def test_an_essential_acr_the_token_could_not_truthfully_carry_cannot_be_met(
+        client_min: Level | None, role_min: Level | None, acr_values: str | None, claims: object) -> None:
     with pytest.raises(Unmeetable):
-        required_level(None, None, None, essential("urn:example:super-strong"))
+        required_level(client_min, role_min, acr_values, claims)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("client_min", "claims", "achieved", "acr"), [
+    (SUB, essential(E_LOW, E_HIGH), HIGH, E_HIGH),
+    (None, essential(E_LOW, E_HIGH), SUB, E_LOW),  # the strongest listed value it proves
+    (None, essential(E_SUB, E_HIGH), HIGH, E_HIGH),
+])
+def test_a_satisfied_essential_acr_always_has_a_value_to_carry(client_min: Level | None, claims: object,
+                                                                achieved: Level, acr: str) -> None:
+    required = required_level(client_min, None, None, claims)  # type: ignore[arg-type]
+    assert achieved >= required.level
+    assert token_acr(achieved, required) == acr
 
 
 @pytest.mark.parametrize("claims", ["{not json", "[]", {"id_token": []}, {"id_token": {"acr": "x"}},
