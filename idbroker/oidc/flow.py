@@ -33,7 +33,7 @@ from idbroker.policy.acting import (
 )
 from idbroker.policy.model import ClientPolicy
 from idbroker.sessions import LoginTransaction, SsoSession
-from idbroker.stepup.service import FactorServices, decide, requirement
+from idbroker.stepup.service import FactorServices, decide, max_age, requirement
 from idbroker.subjects import subject_for
 from idbroker.tokens import TokenError, resolve_resource
 from idbroker.web import audit_refusal, broker, browser_id, error_page, log, session_fields
@@ -97,10 +97,8 @@ def authorization_error(error: OAuth2Error, params: Mapping[str, str] | None = N
 
 
 def max_age_exceeded(params: dict[str, str], session: SsoSession) -> bool:
-    raw = params.get("max_age")
-    if not raw:  # absent, or sent without a value: as if omitted (RFC 6749 §3.1)
-        return False
-    return not raw.isdigit() or time.time() - session.auth_time > int(raw)
+    limit = max_age(params)
+    return limit is not None and time.time() - session.auth_time > limit
 
 
 def factor_services() -> FactorServices:

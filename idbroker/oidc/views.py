@@ -28,6 +28,7 @@ from idbroker.oidc.provider import (
     SCOPE_CLAIMS,
     SUPPORTED_SCOPES,
 )
+from idbroker.stepup.service import max_age
 from idbroker.web import (
     SESSION_COOKIE,
     audit,
@@ -53,6 +54,7 @@ def authorize() -> Response:
             request=StoredAuthorizationRequest(b.provider.endpoint("authorize"), params))
         _refuse_repeated_parameters(grant.redirect_uri, params.get("state"))
         request_requirement(params)
+        max_age(params)  # checked here, so the login never meets a bad one
     except RequestError as error:
         return authorization_error(InvalidRequestError(str(error), state=params.get("state"),
                                                        redirect_uri=params["redirect_uri"]), params)

@@ -7,6 +7,7 @@ what the login needs, what it has and what to ask; the views act on it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import (
     FactorUse,
     Plan,
+    RequestError,
     Requirement,
     plan_step_up,
     required_level,
@@ -59,9 +61,20 @@ def requirement(policy: Any, params: dict[str, str], role_min: Level | None = No
     return required_level(client_min, role_min, params.get("acr_values"), params.get("claims"))
 
 
+_SECONDS = re.compile(r"[0-9]{1,10}")
+
+
 def max_age(params: dict[str, str]) -> int | None:
+    """The request's ``max_age`` in seconds; None when absent or sent without a value (RFC 6749
+    §3.1). Anything but ASCII digits (``²`` passes ``str.isdigit``, and ``int`` refuses 5,000
+    digits) is :class:`~idbroker.assurance.stepup.RequestError`: ``/authorize`` answers
+    ``invalid_request`` before any login, so later steps only see valid values."""
     raw = params.get("max_age")
-    return int(raw) if raw is not None and raw.isdigit() else None
+    if not raw:
+        return None
+    if not _SECONDS.fullmatch(raw):
+        raise RequestError("max_age must be a number of seconds")
+    return int(raw)
 
 
 def fresh_uses(session: SsoSession, params: dict[str, str], *, now: int,

@@ -59,6 +59,20 @@ def test_max_age_without_a_value_is_as_if_omitted(chain: Chain) -> None:
     assert "code" in parse_qs(urlsplit(silent.headers["Location"]).query)
 
 
+@pytest.mark.parametrize("max_age", ["\u00b2", "\u0663", "9" * 5000, "-1", "1.5", " 60", "60s"])
+@pytest.mark.parametrize("signed_in", [True, False])
+def test_a_max_age_that_is_no_number_of_seconds_is_invalid_request(chain: Chain, max_age: str,
+                                                                   signed_in: bool) -> None:
+    """Refused at /authorize, with or without a session, before any login: never a 500 (a
+    superscript digit passes ``str.isdigit`` but not ``int``; 5,000 digits pass neither)."""
+    browser = chain.login()[2] if signed_in else Browser()
+    url, request = chain.authorize_url(max_age=max_age)
+    reply = browser.http.get(url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 302, reply.text[:300]
+    query = parse_qs(urlsplit(reply.headers["Location"]).query)
+    assert (query["error"], query["state"]) == (["invalid_request"], [request["state"]])
+
+
 def test_prompt_login_forces_a_new_upstream_login(chain: Chain) -> None:
     _, _, browser = chain.login()
     before = sum("/login" in s.url and "/demo-idp/" in s.url for s in browser.history)
