@@ -148,6 +148,8 @@ class KeyRing:
             header = signed.headers()
         except (JoseError, UnicodeEncodeError, ValueError) as exc:
             raise TokenInvalid("not a JWS compact token") from exc
+        if not isinstance(header, dict):  # joserfc takes any JSON holding "alg", e.g. ["alg"]
+            raise TokenInvalid("the header is not a JSON object")
         key = self._by_kid.get(str(header.get("kid")))
         if key is None:
             self._maybe_reload()  # a key another instance has just added

@@ -122,7 +122,10 @@ def resolve_resource(policy: Policy, client: ClientPolicy, resource: str, *,
 
 def _check_resource_uri(resource: object) -> None:
     """RFC 8707 §2: a ``resource`` is an absolute URI without a fragment (never empty)."""
-    parts = urlsplit(resource) if isinstance(resource, str) else None
+    try:
+        parts = urlsplit(resource) if isinstance(resource, str) else None
+    except ValueError:  # e.g. "http://[": not a URI at all
+        parts = None
     if parts is None or not parts.scheme or not parts.netloc or parts.fragment:
         raise TokenError(INVALID_TARGET, "resource must be an absolute URI without a fragment")
 

@@ -96,12 +96,19 @@ def test_access_tokens_are_rfc9068_for_one_audience_with_the_acting_team(chain: 
     assert (claims["team"], claims["roles"]) == ("stap-team", ["planner"])
 
 
+#: Not a URI at all: ``urlsplit`` raises on it (an unclosed IPv6 literal).
+NO_URI = "http://["
+
+
 def test_a_resource_of_the_client_becomes_the_audience_and_a_foreign_one_is_invalid_target(
         chain: Chain) -> None:
     body = _roles_login(chain, 56, resource=f"{chain.base}/test-roles/api")
     assert _claims(body["access_token"])["aud"] == f"{chain.base}/test-roles/api"
     query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
                               scope="openid roles.agenda", resource="https://elders.example/api")
+    assert query["error"] == ["invalid_target"], query
+    query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
+                              scope="openid roles.agenda", resource=NO_URI)
     assert query["error"] == ["invalid_target"], query
     query, _, _ = chain.login(Browser(username="s56", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
                               scope="openid roles.agenda", resource="")
@@ -119,7 +126,7 @@ def test_a_resource_at_code_redemption_must_be_the_grants_audience(chain: Chain)
         return chain.redeem(query["code"][0], request["verifier"], client_id=ROLES_CLIENT, resource=resource,
                             assertion=chain.assertion(iss=ROLES_CLIENT, sub=ROLES_CLIENT))
 
-    for other in ("https://elders.example/api", ROLES_CLIENT):  # another's resource; the default audience
+    for other in ("https://elders.example/api", ROLES_CLIENT, NO_URI):  # another's; the default audience
         refused = redeem(other)
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_target", refused.text
     redeemed = redeem(api)  # the code was not used up by the refusals
@@ -210,6 +217,7 @@ def test_a_refused_refresh_changes_nothing_and_the_token_still_works(chain: Chai
         ([("resource", "https://elders.example/api")], "invalid_target"),  # another client's resource
         ([("resource", audience), ("resource", audience)], "invalid_target"),  # one audience per token
         ([("resource", ROLES_CLIENT)], "invalid_target"),  # the client's default audience is no URI
+        ([("resource", NO_URI)], "invalid_target"),
     ]
     for extra, error in refusals:
         form = [("grant_type", "refresh_token"), ("refresh_token", token), *extra,
@@ -320,6 +328,8 @@ def test_forged_tokens_are_inactive_everywhere(chain: Chain, forgery: str) -> No
                         timeout=5).status_code == 401
     exchanged = _exchange(chain, forged, client_id=ROLES_CLIENT)
     assert exchanged.status_code == 400 and exchanged.json()["error"] == "invalid_grant"
+    assert _post(chain, "revoke", chain.rp_id, token=forged).status_code == 200  # RFC 7009: unknown
+    assert _post(chain, "introspect", chain.rp_id, token=token).json()["active"] is True
 
 
 def test_a_revoked_token_is_inactive_on_every_instance_and_its_use_is_audited(chain: Chain) -> None:
@@ -461,6 +471,7 @@ def test_token_exchange_refuses_what_it_would_not_act_on(chain: Chain) -> None:
             _exchange_repeating(chain, subject, ("resource", f"{chain.base}/test-roles/api"),
                                 ("resource", f"{chain.base}/test-roles/api")),
             _exchange(chain, subject, resource=f"{chain.base}/test-roles/api"),  # and audience test-api
+            _exchange_repeating(chain, subject, ("resource", NO_URI)),
         ],
     }
     for error, replies in refusals.items():
