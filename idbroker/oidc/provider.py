@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -304,11 +305,29 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             claims = dict(jwt.decode(assertion, key, algorithms=[header["alg"]]).claims)
         except (JoseError, ValueError) as exc:
             raise InvalidClientError(description="The client assertion does not verify.") from exc
-        self.verify_claims(jwt.Claims(claims))
-        max_age = self.provider.settings.tokens.client_assertion_max_age
-        if claims["exp"] - time.time() > max_age:
-            raise InvalidClientError(description="The client assertion lives too long.")
+        self._check_before_use(claims)
+        self.verify_claims(jwt.Claims(claims))  # spends the jti: after every other check
         return claims
+
+    def _check_before_use(self, claims: dict[str, Any]) -> None:
+        """What authlib's claim checks leave open, checked before they spend the ``jti``.
+
+        * ``exp`` and ``iat`` finite numbers (a NaN ``exp`` compares false with every time,
+          so it would never expire; 10**400 is no float).
+        * No longer than ``tokens.client_assertion_max_age``: from now, and from ``iat`` when
+          given, so an hour-long assertion that leaked is not good in its last minutes.
+        * Every ``aud`` value this broker's (authlib accepts a list holding any one of them).
+        """
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not _finite_number(exp) or (iat is not None and not _finite_number(iat)):
+            raise InvalidClientError(description="The client assertion's exp and iat must be numbers.")
+        max_age = self.provider.settings.tokens.client_assertion_max_age
+        if exp > time.time() + max_age or (iat is not None and exp > iat + max_age):
+            raise InvalidClientError(description="The client assertion lives too long.")
+        aud = claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        if not audiences or any(value not in self.get_audiences() for value in audiences):
+            raise InvalidClientError(description="The client assertion's aud must name this broker only.")
 
     def _refreshed_keys(self, assertion: str, kid: str) -> KeySet:
         client = self.provider.query_client(str(_jws_claims(assertion).get("sub")))
@@ -320,9 +339,17 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return self.provider.client_keys.key_set(client.policy, None)
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        # exp is at most client_assertion_max_age away (_check_before_use)
         ttl = max(1.0, float(claims["exp"]) - time.time() + self.leeway)
         key = secret_key(f"{claims['sub']}\x1f{jti}")
         return self.provider.store.add("client-jti", key, {"at": int(time.time())}, ttl)
+
+
+def _finite_number(value: Any) -> bool:
+    """An int (any size: compared, never turned into a float) or a finite float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _presented_client_credentials(request: OAuth2Request, basic: str | None) -> list[str]:

@@ -127,7 +127,9 @@ def test_replayed_client_assertion_is_refused(chain: Chain) -> None:
 
 @pytest.mark.parametrize("problem", ["foreign_key", "wrong_audience", "expired", "alg_none",
                                      "hs256_with_public_key", "lives_too_long", "no_jti",
-                                     "unknown_kid"])
+                                     "unknown_kid", "made_to_live_an_hour", "exp_not_a_float",
+                                     "exp_far_away", "exp_nan", "iat_nan", "exp_text",
+                                     "audience_list_with_another"])
 def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
     query, req, _ = chain.login()
     now = int(time.time())
@@ -142,6 +144,15 @@ def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
         assertion = chain.assertion(iat=now - 600, exp=now - 300)
     elif problem == "lives_too_long":
         assertion = chain.assertion(exp=now + 3600)
+    elif problem == "made_to_live_an_hour":  # leaked, then used in its last minute
+        assertion = chain.assertion(iat=now - 3540, exp=now + 60)
+    elif problem in ("exp_not_a_float", "exp_far_away", "exp_nan", "iat_nan", "exp_text"):
+        odd = {"exp_not_a_float": {"exp": 10 ** 400}, "exp_far_away": {"exp": 10 ** 20},
+               "exp_nan": {"exp": float("nan")}, "iat_nan": {"iat": float("nan")},
+               "exp_text": {"exp": str(now + 60)}}[problem]
+        assertion = chain.assertion(**odd)
+    elif problem == "audience_list_with_another":
+        assertion = chain.assertion(aud=["https://other.example/token", f"{chain.base}/token"])
     elif problem == "no_jti":
         assertion = chain.assertion(jti=None)
     elif problem == "unknown_kid":
