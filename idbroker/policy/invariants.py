@@ -51,7 +51,7 @@ def check_invariants(organisations: Mapping[str, Organisation], clients: Mapping
     for client in clients.values():
         findings += _client(client)
         findings += _token_exchange(client, clients)
-    findings += _resource_uris(clients)
+    findings += _audience_values(clients)
     for rota in rotas.values():
         findings += _rota(rota)
     for team in teams.values():
@@ -109,21 +109,21 @@ def _token_exchange(client: ClientPolicy, clients: Mapping[str, ClientPolicy]) -
                                      target.application_scope_names))
 
 
-def _resource_uris(clients: Mapping[str, ClientPolicy]) -> Iterator[Finding]:
-    """An RFC 8707 resource (or any other ``aud`` value) must lead to one application only,
-    or a token meant for one API would be accepted by another."""
-    owner: dict[str, str] = {}
+def _audience_values(clients: Mapping[str, ClientPolicy]) -> Iterator[Finding]:
+    """Every ``aud`` value (a client id, a ``default_audience``, an RFC 8707 resource) must
+    lead to one application only, or a token meant for one API would be accepted by another
+    (at its introspection, and as its token exchange's subject)."""
+    owner = {client.id: client.id for client in clients.values()}
     for client in clients.values():
-        owner.setdefault(client.id, client.id)
-        owner.setdefault(client.audience, client.id)
-    for client in clients.values():
-        for position, uri in enumerate(client.resource_uris):
-            other = owner.get(uri)
-            if other is not None and other != client.id:
-                yield Finding("clients", client.id, ("resource_uris", position),
-                              f"resource URI '{uri}' already names client '{other}'",
-                              "a resource identifies one application's API: give each its own URI")
-            owner.setdefault(uri, client.id)
+        named = [(("resource_uris", position), "resource URI", uri)
+                 for position, uri in enumerate(client.resource_uris)]
+        if client.default_audience:
+            named.insert(0, (("default_audience",), "default audience", client.default_audience))
+        for where, what, value in named:
+            other = owner.setdefault(value, client.id)
+            if other != client.id:
+                yield Finding("clients", client.id, where, f"{what} '{value}' already names client '{other}'",
+                              "an audience identifies one application's API: give each its own")
 
 
 def _rota(rota: Rota) -> Iterator[Finding]:

@@ -343,6 +343,12 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
      "declares no application scope 'gast.bestaatniet'"),
     ('resource_uris: ["https://api.casus.example/v1", ', 'resource_uris: ["https://api.portaal.example/", ',
      "already names client 'portaal'"),
+    ("    sector: keten\n    min_level: high\n",
+     "    sector: keten\n    min_level: high\n    default_audience: casus\n",
+     "default audience 'casus' already names client 'casus'"),
+    ("    sector: keten\n    min_level: high\n",
+     "    sector: keten\n    min_level: high\n    default_audience: https://api.casus.example/v2\n",
+     "default audience 'https://api.casus.example/v2' already names client 'casus'"),
     ('resource_uris: ["https://api.portaal.example/"]', 'resource_uris: ["http://api.portaal.example/"]',
      "must use https"),
     ('resource_uris: ["https://api.portaal.example/"]', 'resource_uris: ["https://api.portaal.example/?x=1"]',
@@ -358,6 +364,18 @@ def test_the_checker_names_each_broken_exchange_or_resource(tmp_path: Path, old:
     assert any(expected in problem for problem in problems), problems
     with pytest.raises(PolicyError):
         load_policy(tmp_path / "p")
+
+
+def test_two_clients_may_not_share_a_default_audience(tmp_path: Path) -> None:
+    """Each would be answered the other's tokens at introspection."""
+    shared = "    default_audience: https://shared.example/api\n"
+    gast = "    application_scopes: [gast.ontvangen]\n"
+    text = CHAIN.replace(gast, gast + shared, 1)
+    text = text.replace("    min_level: high\n", f"    min_level: high\n{shared}", 1)
+    assert text.count(shared) == 2
+    problems = _problems(tmp_path, text)
+    assert any("default audience 'https://shared.example/api' already names client 'gastportaal'" in problem
+               for problem in problems), problems
 
 
 def test_the_example_chain_is_clean(tmp_path: Path) -> None:
