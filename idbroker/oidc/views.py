@@ -158,9 +158,12 @@ def end_session() -> Response:
     hinted = end_request.id_token_claims
     other_session = session is not None and hinted is not None and hinted.get("sid") != session.sid
     if end_request.needs_confirmation or other_session:
-        if request.method == "GET":
+        # The RP's own request, by GET or POST (RP-Initiated Logout 1.0 §2), is shown to the
+        # person to confirm; only the confirmation carries our csrf_token.
+        if request.method == "GET" or "csrf_token" not in request.form:
+            sent = request.args if request.method == "GET" else request.form
             return render_page("logout_confirm.html", csrf=csrf_token("logout"),
-                               hidden={k: v for k, v in request.args.items() if k != "csrf_token"})
+                               hidden={k: v for k, v in sent.items() if k != "csrf_token"})
         if not csrf_ok("logout"):
             return error_page("err_csrf", status=400)
     if session is not None:

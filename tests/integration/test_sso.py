@@ -159,14 +159,20 @@ def test_a_hint_of_another_session_asks_first(chain: Chain) -> None:
     assert not _still_logged_in(chain, browser)
 
 
-def test_logout_without_hint_asks_first_and_checks_csrf(chain: Chain) -> None:
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_logout_without_hint_asks_first_and_checks_csrf(chain: Chain, method: str) -> None:
+    """The RP's request by GET or by POST (RP-Initiated Logout 1.0 §2: the OP supports both)."""
     _, _, browser = chain.login()
-    page = browser.http.get(f"{chain.base}/logout", timeout=5)
+    sent = {"client_id": chain.rp_id}
+    page = browser.http.request(method, f"{chain.base}/logout", timeout=5,
+                                **({"params": sent} if method == "GET" else {"data": sent}))
     assert page.status_code == 200 and 'name="csrf_token"' in page.text
+    assert f'name="client_id" value="{chain.rp_id}"' in page.text
+    assert _still_logged_in(chain, browser)
     forged = browser.http.post(f"{chain.base}/logout", data={"csrf_token": "forged"}, timeout=5)
     assert forged.status_code == 400
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = browser.http.post(f"{chain.base}/logout", data={"csrf_token": token}, timeout=5)
+    done = browser.http.post(f"{chain.base}/logout", data={"csrf_token": token, **sent}, timeout=5)
     assert done.status_code == 200 and "uitgelogd" in done.text
     url, _ = chain.authorize_url(prompt="none")
     silent = browser.http.get(url, allow_redirects=False, timeout=5)
