@@ -13,7 +13,7 @@ cProfile inflates Python calls far more than C calls, so its shares mislead. The
 of the requests therefore runs without it but with a few stopwatches (``PARTS``): CPU time
 per request inside each named step, measured with ``time.thread_time`` (the user and
 system time of the calling thread, so an fsync's kernel time counts and its waiting does not).
-Steps nest: "rotate" holds the store calls and the policy check made in it.
+Steps nest: the refresh token check holds the policy re-evaluation made in it.
 
 ``--no-fsync`` commits with ``synchronous=NORMAL`` (``token_ablation.py``'s ``fsync`` part):
 what is left is the application's own cost per request, with no HTTP server, no other
@@ -56,10 +56,11 @@ from idbroker.tokens.refresh import RefreshTokens
 PARTS = [
     (TokenEndpoints, "__call__", "whole request (token endpoints, no HTTP server)"),
     (Provider, "query_client", "  client lookup"),
-    (RefreshTokens, "rotate", "  refresh rotation (store reads, writes, policy check)"),
+    (RefreshTokens, "redeemable", "  refresh token check (store read, policy check)"),
     (Provider, "regranted", "    policy re-evaluation"),
     (Provider, "exchange", "  token exchange (all of it, incl. sign and audit)"),
     (Provider, "_decision", "    policy decision"),
+    (RefreshTokens, "spend", "  refresh rotation (one atomic store write)"),
     (KeyRing, "verify", "  JWT signature check (remembered for a token seen before)"),
     (KeyRing, "sign", "  JWT signing (ES256)"),
     (AuditEvent, "__post_init__", "  audit event checks"),
