@@ -176,19 +176,23 @@ class TokenEndpoints:
         refused = _refuse_repeated(payload)
         if endpoint == "token":
             status, answer, headers = refused or self.server.create_token_response(request)
-            if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
-                error = answer.get("error") if isinstance(answer, dict) else None
-                self._record_refusal(error if isinstance(error, str) else "invalid_request", request, payload)
-            return status, answer, headers
-        return refused or self.server.create_endpoint_response(endpoint, request)
+        else:
+            status, answer, headers = refused or self.server.create_endpoint_response(endpoint, request)
+        if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
+            error = answer.get("error") if isinstance(answer, dict) else None
+            self._record_refusal(error if isinstance(error, str) else "invalid_request", endpoint, request,
+                                 payload)
+        return status, answer, headers
 
-    def _record_refusal(self, reason: str, request: FormRequest, payload: FormPayload) -> None:
+    def _record_refusal(self, reason: str, endpoint: str, request: FormRequest, payload: FormPayload) -> None:
         """The refusal, under the client only once it authenticated: a ``client_id`` that anyone
         can type (in the form, or as a forged assertion's ``sub``) is kept as
         ``claimed_client_id`` (by its hash if the policy has no such client), so no caller can
-        fill another client's trail (``audit export --client``) with refusals."""
+        fill another client's trail (``audit export --client``) with refusals. At ``/introspect``
+        and ``/revoke`` too: credentials guessed there leave the same trace as at ``/token``."""
         client = request.authenticated_client
-        detail = sent_value_detail("grant_type", payload.data.get("grant_type"), GRANT_TYPES)
+        detail = sent_value_detail("grant_type", payload.data.get("grant_type"), GRANT_TYPES) \
+            if endpoint == "token" else {"endpoint": endpoint}
         claimed = payload.data.get("client_id")
         if client is None and claimed:
             detail |= sent_value_detail("claimed_client_id", claimed, self.provider.policy.clients)

@@ -658,9 +658,10 @@ def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_clien
         reply = requests.post(f"{chain.base}/{endpoint}", data=data, auth=auth.get("auth"), timeout=5,
                               headers={"X-Request-ID": request_id})
         _assert_json_answer(reply, 401, "invalid_client")
-        if endpoint == "token":  # not under the client it names: it never authenticated as that
-            assert [(e.get("client"), e["detail"].get("claimed_client_id"))
-                    for e in _refusals_of(chain, request_id)] == [(None, ROLES_CLIENT)]
+        # Recorded at every endpoint, but not under the client it names: it never authenticated as that.
+        assert [(e.get("client"), e["detail"].get("claimed_client_id"), e["detail"].get("endpoint"))
+                for e in _refusals_of(chain, request_id)] == [
+            (None, ROLES_CLIENT, {"introspect": "introspection", "revoke": "revocation"}.get(endpoint))]
 
 
 @pytest.mark.parametrize(("endpoint", "name"), [
