@@ -1058,10 +1058,10 @@ class Provider:
     def regranted(self, grant: RefreshGrant, client: ClientPolicy) -> dict[str, Any]:
         """At a refresh: what the policy grants the person now, for the team of the login.
 
-        Raises ``invalid_grant`` when the person is no longer in that team, the client's
-        minimum rose above the login's level, or the grant's audience (RFC 8707 resource) is
-        no longer the client's to have, as /authorize would judge it: access ends at the next
-        refresh."""
+        Raises ``invalid_grant`` when the person is no longer in that team, that team no longer
+        has a role in a client that needs one, the client's minimum rose above the login's
+        level, or the grant's audience (RFC 8707 resource) is no longer the client's to have,
+        as /authorize would judge it: access ends at the next refresh."""
         level = Level.from_name(grant.level)
         if level < client.minimum_level:
             raise TokenError("invalid_grant", "the login's level is below what the client now requires")
@@ -1075,6 +1075,9 @@ class Provider:
                 team = decision.for_team(grant.team)
             except NotAMember:
                 raise TokenError("invalid_grant", "the person no longer acts for this team") from None
+        if client.application_scope_names and grant.team not in decision.teams_for_client:
+            # What /authorize answers access_denied (acting_team's NoRole): no role left here.
+            raise TokenError("invalid_grant", "the person's team no longer has a role in this client")
         scope = " ".join(granted_scopes(grant.scope.split(), client, team, level))
         user = BrokerUser(sub=subject_for(self.keys.secrets["subject_salt"], grant.person, client),
                           sid=grant.sid, auth_time=grant.auth_time, acr=level.acr, amr=list(grant.amr),

@@ -289,8 +289,10 @@ def test_the_configured_refresh_idle_limit_is_enforced(tmp_path: Path) -> None:
         assert "expired" in idle.json()["error_description"]
 
 
-def test_a_refresh_re_evaluates_the_policy(tmp_path: Path) -> None:
-    """A person removed from the team loses access at the next refresh."""
+@pytest.mark.parametrize("change", ["person_leaves_the_team", "team_loses_its_roles_here"])
+def test_a_refresh_re_evaluates_the_policy(tmp_path: Path, change: str) -> None:
+    """A person removed from the team, or whose team's roles no longer grant anything on this
+    client (where /authorize now answers access_denied), loses access at the next refresh."""
     with running_chain(tmp_path) as chain:
         body = _roles_login(chain, 58)
         refreshed = _refresh(chain, ROLES_CLIENT, body["refresh_token"])
@@ -298,9 +300,16 @@ def test_a_refresh_re_evaluates_the_policy(tmp_path: Path) -> None:
         assert _claims(refreshed.json()["access_token"])["team"] == "stap-team"
         teams_file = chain.policy_dir / "test-teams.yaml"
         teams = json.loads(teams_file.read_text())
-        teams["teams"][0]["members"] = [{"group": "nobody-any-more"}]
+        if change == "person_leaves_the_team":
+            teams["teams"][0]["members"] = [{"group": "nobody-any-more"}]
+        else:
+            for role in teams["teams"][0]["roles"]:
+                role["grants"].pop(ROLES_CLIENT, None)
         teams_file.write_text(json.dumps(teams))
         assert chain.broker.policy_holder.refresh(force=True)
+        query, _, _ = chain.login(Browser(username="s58", organisation=STEPUP_ORG), client_id=ROLES_CLIENT,
+                                  scope="openid roles.agenda offline_access")
+        assert query["error"] == ["access_denied"], query  # what /authorize says now
         gone = _refresh(chain, ROLES_CLIENT, refreshed.json()["refresh_token"])
         assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
         assert any(r.event.get("reason") == "refresh_token_policy" for r in records(chain.broker.audit))
