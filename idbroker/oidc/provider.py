@@ -920,7 +920,8 @@ class Provider:
         #: Where the current request came from, for audit events (set by the web layer,
         #: which knows the request; this module does not).
         self.audit_context: Any = dict
-        self.revocations = Revocations(store, leeway=settings.tokens.clock_skew)
+        self.revocations = Revocations(store, leeway=settings.tokens.clock_skew,
+                                       access_token_lifetime=settings.tokens.access_token_lifetime)
         self.refresh = RefreshTokens(store, self.revocations,
                                      idle_timeout=settings.tokens.refresh_token_idle_timeout)
         self.client_keys = ClientKeys(settings.http.upstream_timeout)

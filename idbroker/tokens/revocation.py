@@ -23,10 +23,13 @@ _SESSION = "revoked-sid"
 class Revocations:
     """Revoked access tokens, refresh families and sessions, as the store holds them."""
 
-    def __init__(self, store: Store, *, leeway: int = 60) -> None:
+    def __init__(self, store: Store, *, leeway: int = 60, access_token_lifetime: int = 3600) -> None:
         self.store = store
         #: Markers outlive what they revoke by this much, covering clock skew between instances.
         self.leeway = leeway
+        #: An access token issued just before its family or session ends lives this much
+        #: longer, so their markers do too (the default: the longest lifetime allowed).
+        self.access_token_lifetime = access_token_lifetime
 
     def _ttl(self, until: float, now: float | None) -> float | None:
         remaining = until - (time.time() if now is None else now) + self.leeway
@@ -60,8 +63,9 @@ class Revocations:
 
     def revoke_family(self, family: str, until: float, *, reason: str, now: float | None = None) -> None:
         """Revoke every refresh token of ``family`` (one login at one client) until ``until``,
-        its absolute expiry. ``reason`` (``reuse``, ``revoked``, ``policy``) is for the audit."""
-        ttl = self._ttl(until, now)
+        its absolute expiry, and the access tokens issued with them until the last has expired.
+        ``reason`` (``reuse``, ``revoked``, ``policy``) is for the audit."""
+        ttl = self._ttl(until + self.access_token_lifetime, now)
         if ttl is not None:  # the first revocation's reason stays (``add``), for the audit
             self.store.add(_FAMILY, family, {"reason": reason, "until": int(until)}, ttl)
 
@@ -81,8 +85,9 @@ class Revocations:
     def revoke_session(self, sid: str, until: float, *, now: float | None = None) -> None:
         """Everything issued in SSO session ``sid`` (its refresh families, and access tokens
         checked with :meth:`is_revoked` and their ``sid``) is revoked until ``until``, the
-        session's absolute expiry: what logout must do on every instance."""
-        ttl = self._ttl(until, now)
+        session's absolute expiry: what logout must do on every instance. The marker stays
+        until the last access token issued by then has expired too."""
+        ttl = self._ttl(until + self.access_token_lifetime, now)
         if ttl is not None:
             self.store.put(_SESSION, sid, {"until": int(until)}, ttl)
 

@@ -113,6 +113,21 @@ def test_a_revocation_lasts_until_the_token_expires_and_no_longer(store: Store) 
     assert not revocations.is_revoked("short")
 
 
+def test_a_family_or_session_revocation_outlasts_the_access_tokens_issued_before_its_end(
+        store: Store) -> None:
+    """A token issued just before its family or session ends lives ``access_token_lifetime``
+    longer: the marker must too, or the token comes back to life (RFC 7009 §2.1)."""
+    revocations = Revocations(store, leeway=0, access_token_lifetime=2)
+    ends = time.time() + 1  # the login's absolute end
+    revocations.revoke_family("family-1", ends, reason="revoked")
+    revocations.revoke_session("sid-1", ends)
+    time.sleep(1.5)  # the login has ended; a token issued just before lives on for ~1.5 s
+    assert revocations.is_revoked("jti-1", family="family-1")
+    assert revocations.is_revoked("jti-2", sid="sid-1")
+    time.sleep(1.7)  # and now every token of it has expired: the markers may go
+    assert not revocations.is_revoked("jti-1", sid="sid-1", family="family-1")
+
+
 def forged_tokens(keys: KeyRing, stranger: KeyRing) -> dict[str, str]:
     good = access_token(keys)
     header, _payload, signature = good.split(".")
