@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
@@ -141,6 +142,21 @@ def discovery() -> Response:
     return response
 
 
+def _end_hinted_session(hinted: dict[str, Any]) -> None:
+    """The browser's SSO session has idled out (or this is another browser), but the tokens
+    of the session the ID token names live on: its refresh families have their own, longer
+    idle limit. The RP asks for that session to end, so its tokens end, as at any logout.
+    Its absolute end is not known here; ``auth_time`` + the absolute limit is never earlier."""
+    b = broker()
+    sid, auth_time = hinted["sid"], hinted.get("auth_time")
+    started = auth_time if isinstance(auth_time, int) and not isinstance(auth_time, bool) else time.time()
+    known = b.store.get("session-person", sid) or {}
+    audit(EventType.SESSION_ENDED, sid=sid, person=known.get("person"),
+          client=hinted.get("aud") if isinstance(hinted.get("aud"), str) else None,
+          detail={"by_id_token_hint": True})
+    b.provider.forget_session(sid, started + b.settings.session.absolute_timeout)
+
+
 @bp.route("/logout", methods=["GET", "POST"])
 def end_session() -> Response:
     """RP-initiated logout: at once with an ``id_token_hint`` of this browser's session;
@@ -171,6 +187,8 @@ def end_session() -> Response:
               detail={"clients": list(session.clients)})
         b.provider.forget_session(session.sid, session.created_at + b.settings.session.absolute_timeout)
         b.sessions.end(token)
+    elif hinted is not None:
+        _end_hinted_session(hinted)
     response = server.create_endpoint_response("end_session", end_request)
     if response is None:
         response = render_page("logged_out.html")

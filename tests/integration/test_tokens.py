@@ -381,10 +381,20 @@ def test_a_token_type_hint_does_not_stop_the_token_being_found(chain: Chain, hin
     assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-def test_logout_ends_the_sessions_tokens(chain: Chain) -> None:
+@pytest.mark.parametrize("sso_session", ["live", "idled_out"])
+def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str) -> None:
+    """Also when the browser's SSO session has idled out (its record is gone) while the app
+    kept its tokens alive by refreshing: the ID token names the session to end."""
     query, request, browser = chain.login(scope="openid offline_access")
     body = chain.redeem(query["code"][0], request["verifier"]).json()
+    if sso_session == "idled_out":
+        chain.broker.sessions.end(browser.http.cookies.get("idb_session"))  # what the idle timeout does
+        body = _refresh(chain, chain.rp_id, body["refresh_token"]).json() | {"id_token": body["id_token"]}
+    before = chain.broker.audit.head().seq
     browser.http.get(f"{chain.base}/logout", params={"id_token_hint": body["id_token"]}, timeout=5)
+    ended = [r.event["sid"] for r in records(chain.broker.audit)
+             if r.seq > before and r.event["type"] == "session.ended"]
+    assert ended == [_claims(body["access_token"])["sid"]]
     assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
     dead = _refresh(chain, chain.rp_id, body["refresh_token"])
     assert dead.json()["error"] == "invalid_grant"
