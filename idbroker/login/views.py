@@ -230,7 +230,8 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
         raise
     b.provider.remember_profile(session.sid, {name: identity.attributes[name]
                                               for name in PROFILE_CLAIMS if name in identity.attributes})
-    b.provider.remember_session(session.sid, person, identity.to_dict())
+    b.provider.remember_session(session.sid, person, identity.to_dict(), browser=txn.browser,
+                                ends_at=session.created_at + b.settings.session.absolute_timeout)
     log.info("login person=%s organisation=%s sid=%s upstream_acr=%r level=%s (%s)", person,
              organisation.id, session.sid, identity.upstream_acr, level.level.name.lower(), level.reason)
     # The transaction lives on if a step-up is needed (it binds the step-up to this browser);

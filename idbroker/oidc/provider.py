@@ -1213,9 +1213,17 @@ class Provider:
     def remember_profile(self, sid: str, profile: dict[str, Any]) -> None:
         self.store.put("profile", sid, profile, self.settings.session.absolute_timeout)
 
-    def remember_session(self, sid: str, person: str, identity: dict[str, Any]) -> None:
-        self.store.put("session-person", sid, {"person": person, "identity": identity},
+    def remember_session(self, sid: str, person: str, identity: dict[str, Any], *, browser: str,
+                         ends_at: float) -> None:
+        """``browser``: the hash of the browser binding of the login (a logout there may end the
+        session by its ID token after it idled out); ``ends_at``: its absolute end."""
+        self.store.put("session-person", sid, {"person": person, "identity": identity, "browser": browser,
+                                               "ends_at": int(ends_at)},
                        self.settings.session.absolute_timeout)
+
+    def session_record(self, sid: str) -> dict[str, Any] | None:
+        """What :meth:`remember_session` kept, until the session's absolute end or logout."""
+        return self.store.get("session-person", sid)
 
     def forget_session(self, sid: str, ends_at: float) -> None:
         """Logout: the session's tokens die on every instance, and its records go."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import hmac
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
@@ -30,10 +30,12 @@ from idbroker.oidc.provider import (
     SUPPORTED_SCOPES,
 )
 from idbroker.stepup.service import max_age
+from idbroker.store import secret_key
 from idbroker.web import (
     SESSION_COOKIE,
     audit,
     broker,
+    browser_id,
     clear_cookie,
     csrf_ok,
     csrf_token,
@@ -142,19 +144,19 @@ def discovery() -> Response:
     return response
 
 
-def _end_hinted_session(hinted: dict[str, Any]) -> None:
-    """The browser's SSO session has idled out (or this is another browser), but the tokens
-    of the session the ID token names live on: its refresh families have their own, longer
-    idle limit. The RP asks for that session to end, so its tokens end, as at any logout.
-    Its absolute end is not known here; ``auth_time`` + the absolute limit is never earlier."""
+def _end_earlier_session_of_this_browser(sid: str) -> None:
+    """The hint names a session this browser had (the browser binding kept with the session
+    says so) that has since idled out, or that a newer login here replaced, while the RP kept
+    its tokens alive by refreshing (refresh families have their own, longer idle limit): its
+    tokens end too, as at any logout. From any other browser, or a request without cookies
+    (someone else holding the ID token), the hint ends nothing: only the person's own browser
+    can be asked (RP-Initiated Logout 1.0 §2)."""
     b = broker()
-    sid, auth_time = hinted["sid"], hinted.get("auth_time")
-    started = auth_time if isinstance(auth_time, int) and not isinstance(auth_time, bool) else time.time()
-    known = b.store.get("session-person", sid) or {}
-    audit(EventType.SESSION_ENDED, sid=sid, person=known.get("person"),
-          client=hinted.get("aud") if isinstance(hinted.get("aud"), str) else None,
-          detail={"by_id_token_hint": True})
-    b.provider.forget_session(sid, started + b.settings.session.absolute_timeout)
+    known = b.provider.session_record(sid)
+    if known is None or not hmac.compare_digest(str(known.get("browser", "")), secret_key(browser_id())):
+        return
+    audit(EventType.SESSION_ENDED, sid=sid, person=known.get("person"), detail={"by_id_token_hint": True})
+    b.provider.forget_session(sid, known["ends_at"])
 
 
 @bp.route("/logout", methods=["GET", "POST"])
@@ -173,10 +175,14 @@ def end_session() -> Response:
     session = b.sessions.get(token)
     hinted = end_request.id_token_claims
     other_session = session is not None and hinted is not None and hinted.get("sid") != session.sid
-    if end_request.needs_confirmation or other_session:
-        # The RP's own request, by GET or POST (RP-Initiated Logout 1.0 §2), is shown to the
-        # person to confirm; only the confirmation carries our csrf_token.
-        if request.method == "GET" or "csrf_token" not in request.form:
+    # The RP's own request, by GET or POST (RP-Initiated Logout 1.0 §2), is shown to the person
+    # to confirm; only the confirmation carries our csrf_token. A cross-site POST brings none of
+    # our (SameSite=Lax) cookies, so this browser's session cannot be seen: the person is asked,
+    # and their confirmation, a same-site POST, shows it.
+    rp_request = request.method == "GET" or "csrf_token" not in request.form
+    unseen = session is None and request.method == "POST" and rp_request
+    if end_request.needs_confirmation or other_session or unseen:
+        if rp_request:
             sent = request.args if request.method == "GET" else request.form
             return render_page("logout_confirm.html", csrf=csrf_token("logout"),
                                hidden={k: v for k, v in sent.items() if k != "csrf_token"})
@@ -187,8 +193,8 @@ def end_session() -> Response:
               detail={"clients": list(session.clients)})
         b.provider.forget_session(session.sid, session.created_at + b.settings.session.absolute_timeout)
         b.sessions.end(token)
-    elif hinted is not None:
-        _end_hinted_session(hinted)
+    if hinted is not None and hinted["sid"] != (session.sid if session is not None else None):
+        _end_earlier_session_of_this_browser(hinted["sid"])
     response = server.create_endpoint_response("end_session", end_request)
     if response is None:
         response = render_page("logged_out.html")

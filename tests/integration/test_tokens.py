@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -381,23 +382,76 @@ def test_a_token_type_hint_does_not_stop_the_token_being_found(chain: Chain, hin
     assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-@pytest.mark.parametrize("sso_session", ["live", "idled_out"])
-def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str) -> None:
-    """Also when the browser's SSO session has idled out (its record is gone) while the app
-    kept its tokens alive by refreshing: the ID token names the session to end."""
+@pytest.mark.parametrize("sso_session", ["live", "idled_out", "replaced_by_a_new_login"])
+def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when the browser's SSO session has idled out (its record is gone), or a newer login
+    in this browser replaced it, while the app kept its tokens alive by refreshing: the ID
+    token names the session, and the browser shows it was its own. Its tokens stay revoked
+    until the session's real end, also when the person's IdP login (``auth_time``) was older."""
+    import dataclasses
+
+    import idbroker.login.views as login_views
+
+    finish = login_views._finish_login
+
+    def idp_login_this_morning(txn: Any, organisation: Any, identity: Any) -> Any:
+        earlier = dataclasses.replace(identity, auth_time=int(time.time()) - 6 * 3600)
+        return finish(txn, organisation, earlier)
+
+    monkeypatch.setattr(login_views, "_finish_login", idp_login_this_morning)
     query, request, browser = chain.login(scope="openid offline_access")
+    monkeypatch.setattr(login_views, "_finish_login", finish)
     body = chain.redeem(query["code"][0], request["verifier"]).json()
-    if sso_session == "idled_out":
-        chain.broker.sessions.end(browser.http.cookies.get("idb_session"))  # what the idle timeout does
+    cookie = browser.http.cookies.get("idb_session")
+    live = chain.broker.sessions.get(cookie)
+    assert live is not None
+    if sso_session != "live":
+        chain.broker.sessions.end(cookie)  # what the idle timeout does
         body = _refresh(chain, chain.rp_id, body["refresh_token"]).json() | {"id_token": body["id_token"]}
+    if sso_session == "replaced_by_a_new_login":
+        chain.login(browser)
     before = chain.broker.audit.head().seq
-    browser.http.get(f"{chain.base}/logout", params={"id_token_hint": body["id_token"]}, timeout=5)
+    page = browser.http.get(f"{chain.base}/logout", params={"id_token_hint": body["id_token"]}, timeout=5)
+    if sso_session == "replaced_by_a_new_login":  # a hint of another session than the browser's: asked
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        confirmed = {"csrf_token": csrf, "id_token_hint": body["id_token"]}
+        browser.http.post(f"{chain.base}/logout", data=confirmed, timeout=5)
     ended = [r.event["sid"] for r in records(chain.broker.audit)
              if r.seq > before and r.event["type"] == "session.ended"]
-    assert ended == [_claims(body["access_token"])["sid"]]
+    assert _claims(body["access_token"])["sid"] in ended
     assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
     dead = _refresh(chain, chain.rp_id, body["refresh_token"])
     assert dead.json()["error"] == "invalid_grant"
+    revoked = chain.broker.store.get("revoked-sid", live.sid)  # until the session's real end
+    assert revoked["until"] == int(live.created_at + chain.broker.settings.session.absolute_timeout)
+
+
+@pytest.mark.parametrize("sso_session", ["live", "idled_out"])
+@pytest.mark.parametrize("sender", ["a_server", "another_browser"])
+def test_an_id_token_alone_ends_nobodys_session(chain: Chain, sso_session: str, sender: str) -> None:
+    """RP-Initiated Logout asks the person whose session it is: a hint sent without that
+    browser's cookies (from a server holding the ID token, or another browser, even one that
+    confirms) ends nothing, whether the session is live or has idled out."""
+    query, request, browser = chain.login(scope="openid offline_access")
+    body = chain.redeem(query["code"][0], request["verifier"]).json()
+    if sso_session == "idled_out":
+        chain.broker.sessions.end(browser.http.cookies.get("idb_session"))
+    hint = {"id_token_hint": body["id_token"]}
+    if sender == "a_server":
+        reply = requests.get(f"{chain.base}/logout", params=hint, allow_redirects=False, timeout=5)
+        assert reply.status_code in (200, 302)
+    else:
+        stranger = Browser()
+        page = stranger.http.post(f"{chain.base}/logout", data=hint, timeout=5)  # an RP's POST: asked
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        stranger.http.post(f"{chain.base}/logout", data={"csrf_token": csrf, **hint}, timeout=5)
+    assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json()["active"] is True
+    assert _refresh(chain, chain.rp_id, body["refresh_token"]).status_code == 200
+    if sso_session == "live":
+        url, _ = chain.authorize_url(prompt="none")
+        silent = browser.http.get(url, allow_redirects=False, timeout=5)
+        assert "code=" in silent.headers["Location"]  # still signed in, and nothing it issues is dead
 
 
 # -- token exchange ---------------------------------------------------------------------------------------
