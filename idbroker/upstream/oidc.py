@@ -36,6 +36,15 @@ _JWKS_REFRESH_MIN_INTERVAL = 60.0
 CLIENT_ASSERTION_LIFETIME = 60
 
 
+
+#: RFC 8176 ``amr`` values are short names (``pwd``, ``otp``); the audit keeps at most 512 characters.
+_MAX_AMR = 64
+
+
+def _strings(value: Any) -> bool:
+    """A JSON array of strings (and nothing else)."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
 class _ShortLivedPrivateKeyJWT(PrivateKeyJWT):
     """authlib's ``private_key_jwt``, through its ``sign`` hook, with a short-lived assertion."""
 
@@ -201,8 +210,8 @@ class OidcConnector:
             raise UpstreamError("invalid", f"ID token rejected: {type(exc).__name__}") from exc
         claims = dict(decoded.claims)
         now = time.time()
-        audience = claims.get("aud")
-        audiences = [audience] if isinstance(audience, str) else list(audience or [])
+        audience, amr = claims.get("aud"), claims.get("amr")
+        audiences = [audience] if isinstance(audience, str) else audience if _strings(audience) else []
         problems = [
             (claims.get("iss") != self.idp.issuer, "iss is not the configured issuer"),
             (self.idp.client_id not in audiences, "aud does not name the broker"),
@@ -213,6 +222,10 @@ class OidcConnector:
              "issued in the future"),
             (not hmac.compare_digest(str(claims.get("nonce", "")), nonce), "nonce mismatch"),
             (not isinstance(claims.get("sub"), str) or not claims["sub"], "no subject"),
+            # How the person logged in: read as the RFCs define them, or not at all.
+            (claims.get("acr") is not None and not isinstance(claims["acr"], str), "acr is not a string"),
+            (amr is not None and not (_strings(amr) and all(len(value) <= _MAX_AMR for value in amr)),
+             "amr is not a list of short strings"),
         ]
         for failed, what in problems:
             if failed:
@@ -248,7 +261,10 @@ class OidcConnector:
 
     def _key_set_for(self, id_token: str) -> KeySet:
         """The IdP's keys; fetched again (at most once a minute) when a new kid appears."""
-        kid = jws.extract_compact(id_token.encode("ascii")).headers().get("kid")
+        header = jws.extract_compact(id_token.encode("ascii")).headers()
+        if not isinstance(header, dict):  # joserfc takes any JSON holding "alg", e.g. ["alg"]
+            raise ValueError("the ID token's header is not a JSON object")
+        kid = header.get("kid")
         with self._lock:
             jwks, fetched_at = self._jwks, self._jwks_at
         known = jwks is not None and (kid is None or any(k.kid == kid for k in jwks.keys))

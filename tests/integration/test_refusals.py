@@ -6,6 +6,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -216,6 +217,40 @@ def test_misbehaving_idp_gets_no_one_in(chain: Chain, fault: str) -> None:
     assert step.status in (400, 403)
     assert f"Storing {fault}" in step.body
     assert "idb_session" not in browser.http.cookies
+
+
+HEADER_NOT_AN_OBJECT = {"header": ["alg"]}
+ODD_UPSTREAM_CLAIMS = [{"aud": 5}, {"aud": ["idbroker", 5]}, {"amr": 5}, {"amr": [5, None]},
+                       {"amr": ["x" * 600]}, {"acr": {"a": 1}}, {"acr": ["http://eidas.europa.eu/LoA/substantial"]},
+                       HEADER_NOT_AN_OBJECT]
+
+
+@pytest.mark.parametrize("odd", ODD_UPSTREAM_CLAIMS, ids=[repr(odd)[:30] for odd in ODD_UPSTREAM_CLAIMS])
+def test_an_upstream_id_token_with_odd_claim_types_is_refused_not_a_500(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, odd: dict[str, Any]) -> None:
+    """A signed ID token whose ``aud``, ``amr`` or ``acr`` is not what OIDC Core says, or whose
+    header is no JSON object, gets the page for a refused answer, and the refusal is recorded."""
+    from idbroker.demo import idp as demo_idp
+
+    if odd == HEADER_NOT_AN_OBJECT:  # joserfc takes any JSON holding "alg" for a header
+        encode = demo_idp._OpenIDCode.encode_id_token
+
+        def odd_header(self: Any, token: dict[str, Any], request: Any) -> str:
+            _, payload, signature = encode(self, token, request).split(".")
+            return ".".join((base64.urlsafe_b64encode(b'["alg"]').decode().rstrip("="), payload, signature))
+
+        monkeypatch.setattr(demo_idp._OpenIDCode, "encode_id_token", odd_header)
+    else:
+        claims_of = demo_idp._OpenIDCode.generate_user_info
+        monkeypatch.setattr(demo_idp._OpenIDCode, "generate_user_info",
+                            lambda self, user, scope: {**claims_of(self, user, scope), **odd})
+    before = chain.broker.audit.head().seq
+    browser = Browser()
+    step = browser.go(chain.authorize_url()[0], stop_at=chain.rp_redirect)
+    assert step.status == 400 and "Traceback" not in step.body, step.body[:300]
+    assert "idb_session" not in browser.http.cookies
+    assert [r.event.get("reason") for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
 
 
 def test_state_mismatch_at_the_upstream_callback_is_refused(chain: Chain) -> None:
