@@ -61,6 +61,7 @@ SAML_FAULTS = frozenset({
     "unknown_in_response_to",  # InResponseTo names a request nobody sent
     "plaintext",             # assertion not encrypted even though the SP has an encryption key
     "no_class_ref",          # AuthnStatement without AuthnContextClassRef
+    "empty_class_ref",       # an AuthnContextClassRef element without text
 })
 
 ATTRIBUTE_NAMES = {
@@ -209,6 +210,9 @@ class DemoSamlIdp:
                 for ref in list(context):
                     context.remove(ref)
                 etree.SubElement(context, f"{{{_SAML}}}AuthnContextDeclRef").text = "urn:demo:none"
+        if "empty_class_ref" in self.faults:
+            for ref in assertion.iter(f"{{{_SAML}}}AuthnContextClassRef"):
+                ref.text = None
 
     def _wrap(self, root: etree._Element, signed: etree._Element) -> None:
         """The classic XML signature wrapping: an evil assertion the signature does not cover."""

@@ -127,6 +127,7 @@ EXPECTED_REASONS = {
     "unknown_in_response_to": "response refused",
     "plaintext": "not encrypted",
     "no_class_ref": None,  # not a refusal: counted as low
+    "empty_class_ref": None,  # the same
 }
 
 
@@ -150,8 +151,9 @@ def test_bad_saml_answer_is_refused_with_a_page_naming_the_organisation(
     assert EXPECTED_REASONS[fault] in caplog.text
 
 
-def test_assertion_without_class_ref_counts_as_low(chain: Chain) -> None:
-    assert _id_token(chain, "j.smit", organisation=saml_fault_org("no_class_ref"))["acr"] == LOW
+@pytest.mark.parametrize("fault", ["no_class_ref", "empty_class_ref"])
+def test_assertion_without_class_ref_counts_as_low(chain: Chain, fault: str) -> None:
+    assert _id_token(chain, "j.smit", organisation=saml_fault_org(fault))["acr"] == LOW
 
 
 def _until_acs(chain: Chain, browser: Browser, **params: str) -> tuple[str, dict[str, str]]:

@@ -229,7 +229,7 @@ class SamlConnector:
         for statement in assertion.authn_statement or ():
             context = statement.authn_context
             if context is not None and context.authn_context_class_ref is not None:
-                class_ref = context.authn_context_class_ref.text.strip()
+                class_ref = (context.authn_context_class_ref.text or "").strip() or None  # empty: none
             if statement.authn_instant:
                 auth_time = calendar.timegm(time_util.str_to_time(statement.authn_instant))
         return UpstreamIdentity(
