@@ -338,6 +338,8 @@ def _refuse_browser_error(response: Mapping[str, Any]) -> None:
     error = response.get("error")
     if error is None:
         return
+    if not isinstance(error, str):  # a DOMException name is a string; a list would not hash
+        raise FactorRefused(Reason.BROWSER_ERROR, "the browser reported an error")
     if error in _CANCELLED:
         raise FactorRefused(Reason.CANCELLED, "the person cancelled the browser prompt or it timed out")
     if error == "InvalidStateError":

@@ -273,6 +273,19 @@ def test_a_cancelled_prompt_is_refused_and_uses_up_the_challenge(store: Store, e
             lambda: wa.register_complete(ALICE, other.handle, {"error": "SecurityError"}, txn=TXN, name="k"))
 
 
+@pytest.mark.parametrize("error", [["NotAllowedError"], {"name": "NotAllowedError"}, 5, True])
+def test_an_error_that_is_no_exception_name_is_a_browser_error(store: Store, error: object) -> None:
+    """The page posts a DOMException's name; anything else is refused, at both ceremonies."""
+    wa = factors(store)
+    register(wa, SoftAuthenticator())
+    ceremony = wa.authenticate_begin(ALICE, txn=TXN)
+    refused(Reason.BROWSER_ERROR,
+            lambda: wa.authenticate_complete(ALICE, ceremony.handle, {"error": error}, txn=TXN))
+    other = wa.register_begin(ALICE, txn=TXN, user_name="a", display_name="A")
+    refused(Reason.BROWSER_ERROR,
+            lambda: wa.register_complete(ALICE, other.handle, {"error": error}, txn=TXN, name="k"))
+
+
 def test_another_persons_challenge_is_refused(store: Store) -> None:
     wa, alice_key, bob_key = factors(store), SoftAuthenticator(), SoftAuthenticator()
     register(wa, alice_key, ALICE)
