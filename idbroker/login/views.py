@@ -19,6 +19,7 @@ from idbroker.web import (
     SESSION_COOKIE,
     audit,
     audit_quietly,
+    audit_refusal,
     broker,
     browser_id,
     error_page,
@@ -151,7 +152,7 @@ def saml_done(organisation_id: str) -> Response:
     if not verified:
         log.warning("SAML login %s finished without a verified response", organisation_id)
         broker().sessions.end_login(txn)
-        return error_page("err_login_expired", status=400)
+        return _upstream_return_refused("upstream_unverified", organisation.id, txn.params.get("client_id"))
     return _finish_login(txn, organisation, UpstreamIdentity.from_dict(verified))
 
 
@@ -169,25 +170,35 @@ def saml_metadata(organisation_id: str) -> Response:
 
 def _returning_login(txn_id: str, organisation_id: str, *,
                      bound_to_browser: bool) -> tuple[LoginTransaction, Organisation] | Response:
-    """The login an IdP's answer belongs to, or the page that says it cannot be used."""
+    """The login an IdP's answer belongs to, or the page that says it cannot be used. Each
+    refusal is recorded: an unknown or replayed ``state`` and a mix-up are how attacks look."""
     b = broker()
     txn = (_transaction(txn_id) if bound_to_browser
            else b.sessions.login(txn_id, None, check_browser=False))
+    known = organisation_id if organisation_id in b.policy.organisations else None
     if txn is None:
         log.warning("upstream answer for %s with an unknown state or another browser's login "
                     "(or IdP-initiated)", organisation_id)
-        return error_page("err_login_expired", status=400)
+        return _upstream_return_refused("upstream_unknown_login", known)
+    client = txn.params.get("client_id")
     if txn.person is not None:
         log.warning("upstream answer at %s for a login whose upstream part is already done",
                     organisation_id)
-        return error_page("err_login_expired", status=400)
+        return _upstream_return_refused("upstream_login_already_done", known, client)
     organisation = b.policy.organisations.get(organisation_id)
     if organisation is None or txn.organisation != organisation_id:
         log.warning("upstream answer at %s for a login sent to %s (mix-up)", organisation_id,
                     txn.organisation)
         b.sessions.end_login(txn)
-        return error_page("err_login_expired", status=400)
+        return _upstream_return_refused("upstream_mix_up", known, client)
     return txn, organisation
+
+
+def _upstream_return_refused(reason: str, organisation: str | None, client: str | None = None) -> Response:
+    """``organisation``: the one whose callback was called, if the policy has it (the URL is
+    anyone's to write); ``client``: the login's, once the transaction is known."""
+    audit_refusal(reason, organisation=organisation, client=client)
+    return error_page("err_login_expired", status=400)
 
 
 def _complete_upstream(txn: LoginTransaction, organisation: Organisation,

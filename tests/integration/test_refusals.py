@@ -253,11 +253,48 @@ def test_an_upstream_id_token_with_odd_claim_types_is_refused_not_a_500(
             if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
 
 
-def test_state_mismatch_at_the_upstream_callback_is_refused(chain: Chain) -> None:
-    reply = requests.get(f"{chain.base}/upstream/gemeente-utrecht/callback",
-                         params={"code": "abc", "state": "forged"}, timeout=5)
+def _refusals_with(chain: Chain, request_id: str) -> list[tuple[str, str | None, str | None]]:
+    return [(r.event["reason"], r.event.get("organisation"), r.event.get("client"))
+            for r in records(chain.broker.audit)
+            if r.event.get("correlation_id") == request_id and r.event["type"] == "refusal"]
+
+
+def _login_sent_to(chain: Chain, organisation: str) -> tuple[requests.Session, str]:
+    """A browser whose login went to ``organisation``'s IdP, and the state it carries there."""
+    browser = requests.Session()
+    to_idp = browser.get(chain.authorize_url(idp_hint=organisation)[0], allow_redirects=False,
+                         timeout=10).headers["Location"]
+    query = parse_qs(urlsplit(to_idp).query)
+    return browser, (query.get("state") or query.get("RelayState"))[0]
+
+
+def test_state_mismatch_at_the_upstream_callback_is_refused_and_recorded(chain: Chain) -> None:
+    reply = requests.get(f"{chain.base}/upstream/gemeente-utrecht/callback", timeout=5,
+                         params={"code": "abc", "state": "forged"},
+                         headers={"X-Request-ID": "req-forged-state"})
     assert reply.status_code == 400
     assert "verlopen" in reply.text
+    assert _refusals_with(chain, "req-forged-state") == [("upstream_unknown_login", "gemeente-utrecht", None)]
+
+
+def test_an_answer_at_another_organisations_callback_is_a_recorded_mix_up(chain: Chain) -> None:
+    browser, state = _login_sent_to(chain, "gemeente-utrecht")
+    reply = browser.get(f"{chain.base}/upstream/ggz-centraal/callback", params={"state": state, "code": "x"},
+                        headers={"X-Request-ID": "req-mix-up"}, allow_redirects=False, timeout=10)
+    assert reply.status_code == 400
+    assert _refusals_with(chain, "req-mix-up") == [("upstream_mix_up", "ggz-centraal", chain.rp_id)]
+    again = browser.get(f"{chain.base}/upstream/gemeente-utrecht/callback",
+                        params={"state": state, "code": "x"}, allow_redirects=False, timeout=10)
+    assert again.status_code == 400  # the mix-up ended the login
+
+
+def test_an_idp_initiated_saml_response_is_refused_and_recorded(chain: Chain) -> None:
+    reply = requests.post(f"{chain.base}/upstream/veilig-thuis-utrecht/saml/acs", timeout=10,
+                          data={"SAMLResponse": "PHNhbWxwOlJlc3BvbnNlLz4=", "RelayState": "made-up"},
+                          headers={"X-Request-ID": "req-unsolicited"}, allow_redirects=False)
+    assert reply.status_code == 400
+    assert _refusals_with(chain, "req-unsolicited") == [
+        ("upstream_unknown_login", "veilig-thuis-utrecht", None)]
 
 
 def test_login_transaction_is_bound_to_the_browser(chain: Chain) -> None:

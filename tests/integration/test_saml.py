@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from idbroker.audit.log import records
 from idbroker.demo.saml_idp import SAML_FAULTS
 from tests.integration.conftest import SAML_FILE_ORG, TRUSTED_OIDC_ORG, Chain, saml_fault_org
 from tests.support.browser import Browser
@@ -192,6 +193,37 @@ def test_response_posted_twice_before_the_login_finishes_is_refused(
     second = browser.http.post(acs, data=fields, allow_redirects=False, timeout=10)
     assert second.status_code == 400
     assert "already used (replay)" in caplog.text
+
+
+def _refusal_reasons(chain: Chain, request_id: str) -> list[tuple[str, str | None]]:
+    return [(r.event["reason"], r.event.get("client")) for r in records(chain.broker.audit)
+            if r.event.get("correlation_id") == request_id and r.event["type"] == "refusal"]
+
+
+def test_a_response_posted_again_once_the_login_went_on_is_recorded(chain: Chain) -> None:
+    """The login has gone on to the step-up with this response (a low login, as without a class
+    ref): posting it again is refused before it is even read, and recorded under its client."""
+    browser = Browser(username="j.smit", organisation=saml_fault_org("no_class_ref"))
+    acs, fields = _until_acs(chain, browser, acr_values=SUBSTANTIAL)
+    first = browser.http.post(acs, data=fields, allow_redirects=False, timeout=10)
+    assert first.status_code == 303
+    done = browser.http.get(chain.base + first.headers["Location"], allow_redirects=False, timeout=10)
+    assert "/stepup/" in done.headers["Location"]
+    again = browser.http.post(acs, data=fields, allow_redirects=False, timeout=10,
+                              headers={"X-Request-ID": "req-saml-again"})
+    assert again.status_code == 400
+    assert _refusal_reasons(chain, "req-saml-again") == [("upstream_login_already_done", chain.rp_id)]
+
+
+def test_finishing_a_saml_login_without_its_response_is_refused_and_recorded(chain: Chain) -> None:
+    browser = Browser(username="j.smit", organisation=VT)
+    acs, fields = _until_acs(chain, browser)
+    done = browser.http.get(f"{chain.base}/upstream/{VT}/saml/done", params={"state": fields["RelayState"]},
+                            headers={"X-Request-ID": "req-saml-unverified"}, allow_redirects=False,
+                            timeout=10)
+    assert done.status_code == 400
+    assert _refusal_reasons(chain, "req-saml-unverified") == [("upstream_unverified", chain.rp_id)]
+    assert browser.http.post(acs, data=fields, allow_redirects=False, timeout=10).status_code == 400  # ended
 
 
 def test_idp_initiated_response_is_refused(chain: Chain) -> None:
