@@ -139,11 +139,19 @@ class Checkpointer:
         return read_checkpoint(self.keys, token)
 
     def write(self, audit: AuditLog, at: ChainHead, *, kind: str) -> str:
+        if kind != "cut" and self._is_cut(audit.checkpoint(at.seq)):
+            kind = "cut"  # a manual checkpoint of a head left by a prune stays its retention anchor
         token = sign_checkpoint(self.keys, at, kind=kind, issuer=self.issuer, alg=self.alg)
         audit.put_checkpoint(at.seq, token)
         log.info("audit checkpoint seq=%d hash=%s kind=%s", at.seq, at.hash, kind)
         self.refresh_anchor(audit)
         return token
+
+    def _is_cut(self, token: str | None) -> bool:
+        try:
+            return token is not None and read_checkpoint(self.keys, token, issuer=self.issuer).kind == "cut"
+        except (CheckpointInvalid, CheckpointUnverifiable):
+            return False
 
     def sign_cut(self, at: ChainHead) -> str:
         return sign_checkpoint(self.keys, at, kind="cut", issuer=self.issuer, alg=self.alg)

@@ -217,6 +217,10 @@ def _check_start(report: VerifyReport, first: int, record: AuditRecord | None,
     elif cut is None:
         report.add("removed", first, event_id,
                    f"{_span(1, first - 1)} missing and no signed retention checkpoint anchors the cut")
+    elif cut.kind != "cut":  # only a prune signs one: any checkpoint there would anchor a deletion
+        report.add("removed", first, event_id,
+                   f"{_span(1, first - 1)} missing: the checkpoint at seq {first - 1} is a {cut.kind} one, "
+                   "not a signed retention cut, so they were removed without a prune")
     elif record is not None and cut.hash != prev:
         report.add("removed", first, event_id,
                    f"does not link to the retention checkpoint at seq {first - 1}: events right after the "
@@ -232,7 +236,7 @@ def _check_end(report: VerifyReport, signed: dict[int, Checkpoint], unverifiable
     head, last, first = report.head, report.last_seq, report.first_seq
     if last is None:  # nothing stored: fine only if nothing was written, or all was pruned
         cut = signed.get(head.seq)
-        if head.seq and not (cut is not None and cut.hash == head.hash):
+        if head.seq and not (cut is not None and cut.kind == "cut" and cut.hash == head.hash):
             report.add("removed", None, None,
                        f"the head says {head.seq} events were written, none are stored and no signed "
                        "retention checkpoint explains it")

@@ -488,6 +488,40 @@ def test_removed_first_events_are_found(audit: AuditLog, keys: KeyRing, raw: Raw
     assert "no signed retention checkpoint" in report.problems[0].message
 
 
+@pytest.mark.parametrize("kind", ["periodic", "manual"])
+def test_removed_first_events_up_to_a_checkpoint_that_is_no_cut_are_found(audit: AuditLog, keys: KeyRing,
+                                                                          raw: Raw, kind: str) -> None:
+    """Only a prune's signed cut may anchor the start of the stored chain: deleting the oldest
+    events up to a periodic or manual checkpoint is a removal, not a retention."""
+    assert audit.checkpointer is not None
+    fill(audit, 5)
+    audit.checkpointer.write(audit, audit.head(), kind=kind)  # signs seq 5
+    fill(audit, 5, start=5)
+    raw.write(raw.rows()[5:])
+    report = verify(audit, keys)
+    assert problems(report) == [("removed", 6)]
+    assert f"is a {kind} one" in report.problems[0].message
+
+
+def test_everything_removed_up_to_a_checkpoint_that_is_no_cut_is_found(audit: AuditLog, keys: KeyRing,
+                                                                       raw: Raw) -> None:
+    assert audit.checkpointer is not None
+    fill(audit, 5)
+    audit.checkpointer.checkpoint(audit)  # a manual checkpoint at the head
+    raw.write([])
+    assert problems(verify(audit, keys)) == [("removed", None)]
+
+
+def test_a_manual_checkpoint_of_a_pruned_head_stays_its_retention_anchor(audit: AuditLog,
+                                                                         keys: KeyRing) -> None:
+    assert audit.checkpointer is not None
+    fill(audit, 4)
+    prune(audit, audit.checkpointer, now_ms() + 1000)
+    audit.checkpointer.checkpoint(audit)  # nothing new since the prune: the same head
+    assert read_checkpoint(keys, audit.checkpoints()[4]).kind == "cut"
+    assert verify(audit, keys).ok
+
+
 def test_an_event_inserted_after_the_head_is_found(audit: AuditLog, keys: KeyRing, raw: Raw) -> None:
     fill(audit, 5)
     rows = raw.rows()
