@@ -518,8 +518,13 @@ class CodeGrant(AuthorizationCodeGrant):
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Already gone: ``query_authorization_code`` took it."""
 
-    def authenticate_user(self, authorization_code: AuthorizationCode) -> BrokerUser:
-        return BrokerUser(**authorization_code.data["user"])
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> BrokerUser | None:
+        """The code's person, unless their session was logged out since (then authlib answers
+        ``invalid_grant``): nothing is issued for an ended session, so its revocation, which
+        lasts until the last token issued before its end expires, covers every token of it."""
+        user = BrokerUser(**authorization_code.data["user"])
+        provider: Provider = self.server.provider
+        return None if provider.revocations.session_revoked(user.sid) else user
 
 
 class AccessToken:

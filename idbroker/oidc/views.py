@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
+from urllib.parse import urlencode
 
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.core.errors import LoginRequiredError
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from idbroker.assurance.levels import Level
 from idbroker.assurance.stepup import RequestError, Unmeetable
@@ -161,9 +162,17 @@ def _end_earlier_session_of_this_browser(sid: str) -> None:
 
 @bp.route("/logout", methods=["GET", "POST"])
 def end_session() -> Response:
-    """RP-initiated logout: at once with an ``id_token_hint`` of this browser's session;
-    without one, or with one of another session (another person's, or an earlier login),
-    only after the person confirms, so no site can log people out behind their back."""
+    """RP-initiated logout (RP-Initiated Logout 1.0): at once with an ``id_token_hint`` of this
+    browser's current session; otherwise (no hint, or one of another, an idled-out or an
+    earlier session) only once the person confirms, so no site can log people out behind
+    their back. A confirmed logout also ends the session the hint names, if this browser
+    logged in with it."""
+    if request.method == "POST" and "csrf_token" not in request.form:
+        # The RP's POST comes cross-site, without our SameSite=Lax cookies; as a top-level GET
+        # it brings them, so the browser's session and binding can be seen (and no new binding
+        # is set that the person's confirmation would then carry instead of theirs).
+        query = urlencode(list(request.form.items(multi=True)))
+        return redirect(f"{url_for('oidc.end_session')}?{query}", code=303)
     b = broker()
     server = b.provider.server
     try:
@@ -171,29 +180,22 @@ def end_session() -> Response:
     except OAuth2Error as error:
         log.info("logout refused: %s (%s)", error.error, error.description)
         return error_page("err_invalid_request", status=400)
+    confirmed = request.method == "POST"  # the person's answer on our confirmation page
+    if confirmed and not csrf_ok("logout"):
+        return error_page("err_csrf", status=400)
     token = request.cookies.get(SESSION_COOKIE)
     session = b.sessions.get(token)
     hinted = end_request.id_token_claims
-    other_session = session is not None and hinted is not None and hinted.get("sid") != session.sid
-    # The RP's own request, by GET or POST (RP-Initiated Logout 1.0 §2), is shown to the person
-    # to confirm; only the confirmation carries our csrf_token. A cross-site POST brings none of
-    # our (SameSite=Lax) cookies, so this browser's session cannot be seen: the person is asked,
-    # and their confirmation, a same-site POST, shows it.
-    rp_request = request.method == "GET" or "csrf_token" not in request.form
-    unseen = session is None and request.method == "POST" and rp_request
-    if end_request.needs_confirmation or other_session or unseen:
-        if rp_request:
-            sent = request.args if request.method == "GET" else request.form
-            return render_page("logout_confirm.html", csrf=csrf_token("logout"),
-                               hidden={k: v for k, v in sent.items() if k != "csrf_token"})
-        if not csrf_ok("logout"):
-            return error_page("err_csrf", status=400)
+    hint_is_current = session is not None and hinted is not None and hinted.get("sid") == session.sid
+    if not confirmed and not hint_is_current:
+        return render_page("logout_confirm.html", csrf=csrf_token("logout"),
+                           hidden={k: v for k, v in request.args.items() if k != "csrf_token"})
     if session is not None:
         audit(EventType.SESSION_ENDED, **session_fields(session),
               detail={"clients": list(session.clients)})
         b.provider.forget_session(session.sid, session.created_at + b.settings.session.absolute_timeout)
         b.sessions.end(token)
-    if hinted is not None and hinted["sid"] != (session.sid if session is not None else None):
+    if hinted is not None and not hint_is_current:
         _end_earlier_session_of_this_browser(hinted["sid"])
     response = server.create_endpoint_response("end_session", end_request)
     if response is None:

@@ -17,6 +17,7 @@ import pytest
 import requests
 from joserfc import jws, jwt
 from joserfc.jwk import KeySet
+from requests.cookies import extract_cookies_to_jar
 
 from idbroker.app import create_app
 from idbroker.audit import cli as audit_cli
@@ -382,13 +383,36 @@ def test_a_token_type_hint_does_not_stop_the_token_being_found(chain: Chain, hin
     assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def _rp_logout(chain: Chain, browser: Browser, sent: dict[str, str], method: str) -> requests.Response:
+    """The RP sends the browser to /logout: a top-level GET (with the browser's SameSite=Lax
+    cookies), or a cross-site form POST (without them), whose redirect the browser follows."""
+    if method == "GET":
+        return browser.http.get(f"{chain.base}/logout", params=sent, timeout=5)
+    posted = requests.post(f"{chain.base}/logout", data=sent, allow_redirects=False, timeout=5)
+    assert posted.status_code == 303 and "Set-Cookie" not in posted.headers
+    return browser.http.get(chain.base + posted.headers["Location"], timeout=5)
+
+
+def _confirm_logout(chain: Chain, browser: Browser, page: requests.Response,
+                    sent: dict[str, str]) -> requests.Response:
+    csrf = CSRF_FIELD.search(page.text)
+    assert csrf is not None, page.text[:300]
+    return browser.http.post(f"{chain.base}/logout", data={"csrf_token": csrf.group(1), **sent}, timeout=5)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("sso_session", ["live", "idled_out", "replaced_by_a_new_login"])
-def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str,
+def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str, method: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Also when the browser's SSO session has idled out (its record is gone), or a newer login
-    in this browser replaced it, while the app kept its tokens alive by refreshing: the ID
-    token names the session, and the browser shows it was its own. Its tokens stay revoked
-    until the session's real end, also when the person's IdP login (``auth_time``) was older."""
+    """At once with a hint of the browser's live session. When the session has idled out (its
+    record is gone), or a newer login in this browser replaced it, while the app kept its
+    tokens alive by refreshing, the hint is no current session: the person is asked, and once
+    they confirm, the hinted session ends too, as the browser shows it logged in with it. Its
+    tokens stay revoked until the session's real end, also when the person's IdP login
+    (``auth_time``) was older."""
     import dataclasses
 
     import idbroker.login.views as login_views
@@ -412,11 +436,12 @@ def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str,
     if sso_session == "replaced_by_a_new_login":
         chain.login(browser)
     before = chain.broker.audit.head().seq
-    page = browser.http.get(f"{chain.base}/logout", params={"id_token_hint": body["id_token"]}, timeout=5)
-    if sso_session == "replaced_by_a_new_login":  # a hint of another session than the browser's: asked
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        confirmed = {"csrf_token": csrf, "id_token_hint": body["id_token"]}
-        browser.http.post(f"{chain.base}/logout", data=confirmed, timeout=5)
+    sent = {"id_token_hint": body["id_token"]}
+    page = _rp_logout(chain, browser, sent, method)
+    if sso_session == "live":
+        assert "csrf_token" not in page.text  # the hint is the current session: no question
+    else:
+        _confirm_logout(chain, browser, page, sent)
     ended = [r.event["sid"] for r in records(chain.broker.audit)
              if r.seq > before and r.event["type"] == "session.ended"]
     assert _claims(body["access_token"])["sid"] in ended
@@ -440,18 +465,43 @@ def test_an_id_token_alone_ends_nobodys_session(chain: Chain, sso_session: str, 
     hint = {"id_token_hint": body["id_token"]}
     if sender == "a_server":
         reply = requests.get(f"{chain.base}/logout", params=hint, allow_redirects=False, timeout=5)
-        assert reply.status_code in (200, 302)
+        assert reply.status_code == 200 and CSRF_FIELD.search(reply.text)  # only a question
     else:
         stranger = Browser()
-        page = stranger.http.post(f"{chain.base}/logout", data=hint, timeout=5)  # an RP's POST: asked
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        stranger.http.post(f"{chain.base}/logout", data={"csrf_token": csrf, **hint}, timeout=5)
+        _confirm_logout(chain, stranger, _rp_logout(chain, stranger, hint, "POST"), hint)
     assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json()["active"] is True
     assert _refresh(chain, chain.rp_id, body["refresh_token"]).status_code == 200
     if sso_session == "live":
         url, _ = chain.authorize_url(prompt="none")
         silent = browser.http.get(url, allow_redirects=False, timeout=5)
         assert "code=" in silent.headers["Location"]  # still signed in, and nothing it issues is dead
+
+
+def test_a_cross_site_post_with_a_made_up_csrf_token_logs_nobody_out(chain: Chain) -> None:
+    """A csrf_token field makes a POST a confirmation, which must then be this browser's own:
+    a made-up one (beside the attacker's own ID token) is refused, and the person stays in."""
+    query, request, _ = chain.login()
+    attackers_id_token = chain.redeem(query["code"][0], request["verifier"]).json()["id_token"]
+    _, _, victim = chain.login()
+    # Posted cross-site: without the victim's SameSite=Lax cookies, but what it sets, they keep.
+    forged = requests.post(f"{chain.base}/logout", timeout=5, allow_redirects=False, data={
+        "id_token_hint": attackers_id_token, "csrf_token": "x",
+        "post_logout_redirect_uri": f"{chain.base}/test-rp/bye"})
+    extract_cookies_to_jar(victim.http.cookies, forged.request, forged.raw)
+    assert forged.status_code == 400 and "Location" not in forged.headers
+    assert victim.http.cookies.get("idb_session")
+    url, _ = chain.authorize_url(prompt="none")
+    assert "code=" in victim.http.get(url, allow_redirects=False, timeout=5).headers["Location"]
+
+
+def test_a_code_of_a_logged_out_session_gives_no_tokens(chain: Chain) -> None:
+    """A code issued just before the person logged out is refused afterwards, and recorded."""
+    query, request, browser = chain.login()
+    _confirm_logout(chain, browser, browser.http.get(f"{chain.base}/logout", timeout=5), {})
+    before = chain.broker.audit.head().seq
+    reply = chain.redeem(query["code"][0], request["verifier"])
+    assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+    assert [r.event["type"] for r in records(chain.broker.audit) if r.seq > before] == ["refusal"]
 
 
 # -- token exchange ---------------------------------------------------------------------------------------
