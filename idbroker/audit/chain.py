@@ -95,12 +95,20 @@ class MalformedRecord(ValueError):
     """A stored body that is not a record of this schema."""
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads`` takes NaN and Infinity, which canonical JSON never holds."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_record(body: str, stored_hash: str) -> AuditRecord:
-    """The record in ``body``; ``hash`` is the stored one (compare with ``body_hash``)."""
+    """The record in ``body``; ``hash`` is the stored one (compare with ``body_hash``). Whatever
+    the store holds, the answer is a record or :class:`MalformedRecord`, never another error."""
+    if not isinstance(body, str):
+        raise MalformedRecord(f"stored as {type(body).__name__}, not text")
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise MalformedRecord("not JSON") from None
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise MalformedRecord("not JSON (or NaN, Infinity, or nested too deep)") from None
     if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
         raise MalformedRecord("not a version 1 record")
     try:

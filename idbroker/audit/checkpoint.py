@@ -82,8 +82,10 @@ def read_checkpoint(keys: KeyRing, token: str, *, issuer: str | None = None) -> 
     """The checkpoint in ``token`` once its signature verifies against ``keys``."""
     try:
         header = jws.extract_compact(token.encode("ascii")).headers()
-    except (JoseError, UnicodeEncodeError, ValueError):
+    except (JoseError, UnicodeEncodeError, ValueError, AttributeError):  # AttributeError: not text
         raise CheckpointInvalid("not a compact JWS") from None
+    if not isinstance(header, dict):  # joserfc takes any JSON holding "alg", e.g. ["alg"]
+        raise CheckpointInvalid("not a compact JWS: the header is not a JSON object")
     kid = str(header.get("kid"))
     if kid not in {jwk.get("kid") for jwk in keys.public_jwks()["keys"]}:
         raise CheckpointUnverifiable(f"signed with key {kid}, which is no longer in the key ring")

@@ -277,8 +277,10 @@ def _split_id(stream_id: str) -> tuple[int, int]:
 def _matches(body: str, wanted: dict[str, str]) -> bool:
     try:
         event = json.loads(body).get("event", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return True  # let the reader see (and report) a malformed record
+    if not isinstance(event, dict):
+        return True
     return all(event.get(name) == value for name, value in wanted.items())
 
 

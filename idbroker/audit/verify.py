@@ -128,7 +128,7 @@ def verify(audit: AuditLog, keys: KeyRing, *, issuer: str | None = None,
     prev_seq, prev_hash, prev_time, prev_id = 0, GENESIS_HASH, 0, None
     for entry in audit.entries():
         report.records += 1
-        computed = body_hash(entry.body)
+        computed = body_hash(entry.body) if isinstance(entry.body, str) else ""  # not text: changed
         try:
             record = parse_record(entry.body, entry.hash)
         except MalformedRecord as exc:

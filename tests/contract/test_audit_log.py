@@ -38,7 +38,7 @@ from idbroker.audit import (
     EventType,
     UnsafeAuditValue,
 )
-from idbroker.audit.chain import GENESIS_HASH, body_hash, canonical_json, now_ms
+from idbroker.audit.chain import GENESIS_HASH, MalformedRecord, body_hash, canonical_json, now_ms
 from idbroker.audit.checkpoint import read_checkpoint, sign_checkpoint
 from idbroker.audit.log import records
 from idbroker.audit.redis_log import RedisAuditLog
@@ -163,10 +163,11 @@ class Raw:
             with sqlite3.connect(self.target.where) as db:
                 db.execute("DELETE FROM audit_events")
                 for row in rows:
-                    ev = json.loads(row.body)["event"] if row.body.startswith("{") else {}
+                    data = _readable(row.body)
+                    ev = data.get("event") if isinstance(data.get("event"), dict) else {}
                     db.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               (row.seq, row.hash, row.body, json.loads(row.body).get("id", "x"), row.time_ms,
-                                ev.get("type", "x"), ev.get("person"), ev.get("client"), ev.get("team"),
+                               (row.seq, row.hash, row.body, data.get("id", "x"), row.time_ms,
+                                str(ev.get("type", "x")), ev.get("person"), ev.get("client"), ev.get("team"),
                                 ev.get("organisation")))
             return
         self.redis.delete(self.events)
@@ -186,6 +187,15 @@ class Raw:
                 db.execute("DELETE FROM audit_head")
         else:
             self.redis.delete(self.head_key)
+
+
+def _readable(body: str) -> dict[str, Any]:
+    """The body as JSON for the index columns; {} for one an attacker made unreadable."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @pytest.fixture
@@ -520,6 +530,41 @@ def test_a_manual_checkpoint_of_a_pruned_head_stays_its_retention_anchor(audit: 
     audit.checkpointer.checkpoint(audit)  # nothing new since the prune: the same head
     assert read_checkpoint(keys, audit.checkpoints()[4]).kind == "cut"
     assert verify(audit, keys).ok
+
+
+def _unreadable(body: str, how: str) -> str:
+    if how == "nested_too_deep":
+        return "[" * 100_000 + "]" * 100_000
+    if how == "nan":
+        return body.replace('"type":"token.issued"', '"type":NaN')
+    data = json.loads(body)
+    data["event"] = "not an object"
+    return canonical_json(data)
+
+
+@pytest.mark.parametrize("how", ["nested_too_deep", "nan", "event_not_an_object"])
+def test_an_unreadable_event_is_reported_where_it_is(audit: AuditLog, keys: KeyRing, raw: Raw,
+                                                     how: str) -> None:
+    """Verify names the event; reading and export filters say where, never another error."""
+    fill(audit, 5)
+    rows = raw.rows()
+    rows[2].body = _unreadable(rows[2].body, how)
+    raw.write(rows)
+    assert ("changed", 3) in problems(verify(audit, keys))
+    with pytest.raises(MalformedRecord, match="seq 3"):
+        list(records(audit))
+    for person in ("p-person0", "p-person2"):  # a filtered read reports it or leaves it out
+        try:
+            assert all(r.event["person"] == person for r in records(audit, person=person))
+        except MalformedRecord as exc:
+            assert "seq 3" in str(exc)
+
+
+def test_a_checkpoint_whose_header_is_no_object_is_reported_as_forged(audit: AuditLog, keys: KeyRing) -> None:
+    fill(audit, 5)
+    b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+    audit.put_checkpoint(4, ".".join((b64(b'["alg"]'), b64(b"{}"), b64(b"x"))))
+    assert problems(verify(audit, keys)) == [("checkpoint", 4)]
 
 
 def test_an_event_inserted_after_the_head_is_found(audit: AuditLog, keys: KeyRing, raw: Raw) -> None:

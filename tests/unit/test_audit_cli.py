@@ -60,6 +60,21 @@ def run(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[i
     return code, captured.out, captured.err
 
 
+@pytest.mark.parametrize("where", ["body", "checkpoint"])
+def test_verify_names_a_value_stored_as_bytes(config: Path, settings: Settings, where: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite keeps whatever type it is given: bytes where text belongs is a changed record."""
+    populate(settings)
+    with sqlite3.connect(settings.audit_url.removeprefix("sqlite:///")) as db:
+        if where == "body":
+            db.execute("UPDATE audit_events SET body = CAST(body AS BLOB) WHERE seq = 3")
+        else:
+            db.execute("UPDATE audit_checkpoints SET token = CAST(token AS BLOB) WHERE seq = 5")
+    code, out, err = run(config, "verify", capsys=capsys)
+    assert code == 1 and "Traceback" not in err
+    assert ("seq 3" if where == "body" else "seq 5") in out
+
+
 # --- settings ------------------------------------------------------------------------------------
 
 
