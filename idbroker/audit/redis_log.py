@@ -207,6 +207,10 @@ class RedisAuditLog(ChainedLog):
         seq, record_hash, time_ms = self._client.hmget(self._head_key, ["seq", "hash", "time"])
         if seq is None:
             return GENESIS
+        if not (_whole_number(seq) and _whole_number(time_ms) and isinstance(record_hash, str)):
+            # Not written by this broker: neither appended to nor taken as the chain's state.
+            raise AuditUnavailable("Redis audit log: the chain head is damaged (seq, hash or time "
+                                   "missing or not a number); run `idbroker audit verify` on a copy")
         return ChainHead(int(seq), record_hash, int(time_ms))
 
     def first_seq(self) -> int | None:
@@ -238,6 +242,11 @@ class RedisAuditLog(ChainedLog):
     def checkpoints(self) -> dict[int, str]:
         with _available():
             stored = self._client.hgetall(self._checkpoints_key)
+        odd = sorted(seq for seq in stored if not _whole_number(seq))
+        if odd:
+            named = ", ".join(repr(seq[:20]) for seq in odd[:3])
+            raise AuditUnavailable(f"Redis audit log: checkpoints stored under keys that are no seq: {named} "
+                                   "(changed outside the broker)")
         return {int(seq): token for seq, token in sorted(stored.items(), key=lambda item: int(item[0]))}
 
     def checkpoint(self, seq: int) -> str | None:
@@ -267,6 +276,11 @@ class RedisAuditLog(ChainedLog):
         self._client.close()
         if self._sentinel is not None:
             self._sentinel.close()
+
+
+def _whole_number(value: object) -> bool:
+    """A stored decimal as this broker writes it (Redis hands back text)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def _split_id(stream_id: str) -> tuple[int, int]:

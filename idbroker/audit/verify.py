@@ -173,7 +173,7 @@ def verify(audit: AuditLog, keys: KeyRing, *, issuer: str | None = None,
         prev_seq, prev_hash, prev_id = entry.seq, entry.hash, event_id
         prev_time = record.time_ms if record is not None else prev_time
     report.last_seq = prev_seq if report.records else None
-    _check_end(report, signed, unverifiable, expected)
+    _check_end(report, signed, unverifiable, expected, ChainHead(prev_seq, prev_hash, prev_time))
     return report
 
 
@@ -232,8 +232,14 @@ def _check_start(report: VerifyReport, first: int, record: AuditRecord | None,
 
 
 def _check_end(report: VerifyReport, signed: dict[int, Checkpoint], unverifiable: dict[int, str],
-               expected: dict[int, list[tuple[str, str]]]) -> None:
+               expected: dict[int, list[tuple[str, str]]], stored_last: ChainHead) -> None:
+    """``stored_last``: the last stored record's seq, stored hash and time."""
     head, last, first = report.head, report.last_seq, report.first_seq
+    if last is not None and head.seq == last and (head.hash, head.time_ms) != (stored_last.hash,
+                                                                               stored_last.time_ms):
+        # The next record would chain onto the head: a changed head would pass it off as intact.
+        report.add("head", head.seq, None, "the chain head's hash or time is not the last event's: the "
+                                           "head was changed")
     if last is None:  # nothing stored: fine only if nothing was written, or all was pruned
         cut = signed.get(head.seq)
         if head.seq and not (cut is not None and cut.kind == "cut" and cut.hash == head.hash):

@@ -567,6 +567,35 @@ def test_a_checkpoint_whose_header_is_no_object_is_reported_as_forged(audit: Aud
     assert problems(verify(audit, keys)) == [("checkpoint", 4)]
 
 
+@pytest.mark.parametrize("change", ["hash", "time"])
+def test_a_changed_chain_head_is_found(audit: AuditLog, keys: KeyRing, raw: Raw, change: str) -> None:
+    """The next record chains onto the head: a head that is not the last event is tampering."""
+    fill(audit, 3)
+    head = audit.head()
+    raw.set_head(head.seq, "f" * 64 if change == "hash" else head.hash,
+                 head.time_ms + (1 if change == "time" else 0))
+    assert problems(verify(audit, keys)) == [("head", 3)]
+
+
+@pytest.mark.redis
+def test_a_damaged_redis_head_or_checkpoint_key_is_named_not_a_crash(tmp_path: Path, pristine_keys: Path,
+                                                                    redis_url: str) -> None:
+    """Redis hands back whatever was put there (SQLite's typed columns refuse these values)."""
+    keys_dir = str(tmp_path / "keys")
+    shutil.copytree(pristine_keys, keys_dir)
+    target = Target("redis", redis_url, keys_dir, prefix=f"t{uuid.uuid4().hex}")
+    audit, raw, keys = target.open(), Raw(target), KeyRing(Path(keys_dir))
+    fill(audit, 3)
+    raw.redis.hset(f"{{{target.prefix}:audit}}:checkpoints", "x", "junk")
+    with pytest.raises(AuditUnavailable, match="no seq: 'x'"):
+        verify(audit, keys)
+    raw.redis.hdel(f"{{{target.prefix}:audit}}:checkpoints", "x")
+    raw.redis.hdel(raw.head_key, "time")
+    with pytest.raises(AuditUnavailable, match="head is damaged"):
+        verify(audit, keys)
+    audit.close()
+
+
 def test_an_event_inserted_after_the_head_is_found(audit: AuditLog, keys: KeyRing, raw: Raw) -> None:
     fill(audit, 5)
     rows = raw.rows()
