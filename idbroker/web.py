@@ -98,8 +98,8 @@ def csrf_token(purpose: str) -> str:
     return hmac.new(key, f"{browser_id()}\x1f{purpose}".encode(), hashlib.sha256).hexdigest()
 
 
-def csrf_ok(purpose: str) -> bool:
-    given = request.form.get("csrf_token", "")
+def csrf_ok(purpose: str, *, field: str = "csrf_token") -> bool:
+    given = request.form.get(field, "")
     return bool(request.cookies.get(BROWSER_COOKIE)) and hmac.compare_digest(given, csrf_token(purpose))
 
 

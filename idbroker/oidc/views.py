@@ -51,6 +51,8 @@ bp = Blueprint("oidc", __name__)
 
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
+    if request.method == "POST":
+        return _as_get("oidc.authorize")
     b = broker()
     params = {key: request.values[key] for key in request.values}
     try:
@@ -145,6 +147,20 @@ def discovery() -> Response:
     return response
 
 
+#: The field of our logout confirmation: a name no RP's own form uses (frameworks post
+#: ``csrf_token``), so an RP's POST is never taken for the person's answer.
+LOGOUT_CONFIRMATION = "idb_logout_confirmation"
+
+
+def _as_get(endpoint: str) -> Response:
+    """A POST that OpenID Connect allows (the authorization request, OIDC Core §3.1.2.1; the
+    RP's logout, RP-Initiated Logout 1.0 §2) answered as the same request by GET. Posted from
+    another site it carries none of our SameSite=Lax cookies; a top-level GET brings them, so
+    the browser's session and binding are seen, and no new binding is set in their place."""
+    pairs = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    return redirect(f"{url_for(endpoint)}?{urlencode(pairs)}", code=303)
+
+
 def _end_earlier_session_of_this_browser(sid: str) -> None:
     """The hint names a session this browser had (the browser binding kept with the session
     says so) that has since idled out, or that a newer login here replaced, while the RP kept
@@ -167,12 +183,8 @@ def end_session() -> Response:
     earlier session) only once the person confirms, so no site can log people out behind
     their back. A confirmed logout also ends the session the hint names, if this browser
     logged in with it."""
-    if request.method == "POST" and "csrf_token" not in request.form:
-        # The RP's POST comes cross-site, without our SameSite=Lax cookies; as a top-level GET
-        # it brings them, so the browser's session and binding can be seen (and no new binding
-        # is set that the person's confirmation would then carry instead of theirs).
-        query = urlencode(list(request.form.items(multi=True)))
-        return redirect(f"{url_for('oidc.end_session')}?{query}", code=303)
+    if request.method == "POST" and LOGOUT_CONFIRMATION not in request.form:
+        return _as_get("oidc.end_session")  # the RP's request, not the person's confirmation
     b = broker()
     server = b.provider.server
     try:
@@ -181,15 +193,15 @@ def end_session() -> Response:
         log.info("logout refused: %s (%s)", error.error, error.description)
         return error_page("err_invalid_request", status=400)
     confirmed = request.method == "POST"  # the person's answer on our confirmation page
-    if confirmed and not csrf_ok("logout"):
+    if confirmed and not csrf_ok("logout", field=LOGOUT_CONFIRMATION):
         return error_page("err_csrf", status=400)
     token = request.cookies.get(SESSION_COOKIE)
     session = b.sessions.get(token)
     hinted = end_request.id_token_claims
     hint_is_current = session is not None and hinted is not None and hinted.get("sid") == session.sid
     if not confirmed and not hint_is_current:
-        return render_page("logout_confirm.html", csrf=csrf_token("logout"),
-                           hidden={k: v for k, v in request.args.items() if k != "csrf_token"})
+        return render_page("logout_confirm.html", csrf=csrf_token("logout"), csrf_field=LOGOUT_CONFIRMATION,
+                           hidden={k: v for k, v in request.args.items() if k != LOGOUT_CONFIRMATION})
     if session is not None:
         audit(EventType.SESSION_ENDED, **session_fields(session),
               detail={"clients": list(session.clients)})

@@ -10,6 +10,7 @@ import requests
 from joserfc import jws, jwt
 from joserfc.jwk import KeySet
 
+from idbroker.oidc.views import LOGOUT_CONFIRMATION
 from tests.integration.conftest import BASIC_SECRET, Chain
 from tests.support.browser import Browser
 from tests.support.forgery import FORGERIES, forge
@@ -150,11 +151,11 @@ def test_a_hint_of_another_session_asks_first(chain: Chain) -> None:
     other_query, other_req, _ = chain.login()
     others_id_token, _ = _id_token(chain, other_query, other_req)
     page = _logout(browser, chain, others_id_token)
-    assert page.status_code == 200 and 'name="csrf_token"' in page.text
+    assert page.status_code == 200 and f'name="{LOGOUT_CONFIRMATION}"' in page.text
     assert _still_logged_in(chain, browser)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    token = re.search(rf'name="{LOGOUT_CONFIRMATION}" value="([^"]+)"', page.text).group(1)
     done = browser.http.post(f"{chain.base}/logout", timeout=5,
-                             data={"csrf_token": token, "id_token_hint": others_id_token})
+                             data={LOGOUT_CONFIRMATION: token, "id_token_hint": others_id_token})
     assert done.status_code == 200 and "uitgelogd" in done.text
     assert not _still_logged_in(chain, browser)
 
@@ -166,13 +167,13 @@ def test_logout_without_hint_asks_first_and_checks_csrf(chain: Chain, method: st
     sent = {"client_id": chain.rp_id}
     page = browser.http.request(method, f"{chain.base}/logout", timeout=5,
                                 **({"params": sent} if method == "GET" else {"data": sent}))
-    assert page.status_code == 200 and 'name="csrf_token"' in page.text
+    assert page.status_code == 200 and f'name="{LOGOUT_CONFIRMATION}"' in page.text
     assert f'name="client_id" value="{chain.rp_id}"' in page.text
     assert _still_logged_in(chain, browser)
-    forged = browser.http.post(f"{chain.base}/logout", data={"csrf_token": "forged"}, timeout=5)
+    forged = browser.http.post(f"{chain.base}/logout", data={LOGOUT_CONFIRMATION: "forged"}, timeout=5)
     assert forged.status_code == 400
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    done = browser.http.post(f"{chain.base}/logout", data={"csrf_token": token, **sent}, timeout=5)
+    token = re.search(rf'name="{LOGOUT_CONFIRMATION}" value="([^"]+)"', page.text).group(1)
+    done = browser.http.post(f"{chain.base}/logout", data={LOGOUT_CONFIRMATION: token, **sent}, timeout=5)
     assert done.status_code == 200 and "uitgelogd" in done.text
     url, _ = chain.authorize_url(prompt="none")
     silent = browser.http.get(url, allow_redirects=False, timeout=5)

@@ -12,6 +12,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -22,6 +23,7 @@ from requests.cookies import extract_cookies_to_jar
 from idbroker.app import create_app
 from idbroker.audit import cli as audit_cli
 from idbroker.audit.log import records
+from idbroker.oidc.views import LOGOUT_CONFIRMATION
 from idbroker.store import secret_key
 from tests.integration.conftest import (
     API_CLIENT,
@@ -383,7 +385,7 @@ def test_a_token_type_hint_does_not_stop_the_token_being_found(chain: Chain, hin
     assert _refresh(chain, ROLES_CLIENT, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+CSRF_FIELD = re.compile(rf'name="{LOGOUT_CONFIRMATION}" value="([^"]+)"')
 
 
 def _rp_logout(chain: Chain, browser: Browser, sent: dict[str, str], method: str) -> requests.Response:
@@ -400,7 +402,8 @@ def _confirm_logout(chain: Chain, browser: Browser, page: requests.Response,
                     sent: dict[str, str]) -> requests.Response:
     csrf = CSRF_FIELD.search(page.text)
     assert csrf is not None, page.text[:300]
-    return browser.http.post(f"{chain.base}/logout", data={"csrf_token": csrf.group(1), **sent}, timeout=5)
+    confirmed = {LOGOUT_CONFIRMATION: csrf.group(1), **sent}
+    return browser.http.post(f"{chain.base}/logout", data=confirmed, timeout=5)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -439,7 +442,7 @@ def test_logout_ends_the_sessions_tokens(chain: Chain, sso_session: str, method:
     sent = {"id_token_hint": body["id_token"]}
     page = _rp_logout(chain, browser, sent, method)
     if sso_session == "live":
-        assert "csrf_token" not in page.text  # the hint is the current session: no question
+        assert LOGOUT_CONFIRMATION not in page.text  # the hint is the current session: no question
     else:
         _confirm_logout(chain, browser, page, sent)
     ended = [r.event["sid"] for r in records(chain.broker.audit)
@@ -477,21 +480,45 @@ def test_an_id_token_alone_ends_nobodys_session(chain: Chain, sso_session: str, 
         assert "code=" in silent.headers["Location"]  # still signed in, and nothing it issues is dead
 
 
-def test_a_cross_site_post_with_a_made_up_csrf_token_logs_nobody_out(chain: Chain) -> None:
-    """A csrf_token field makes a POST a confirmation, which must then be this browser's own:
-    a made-up one (beside the attacker's own ID token) is refused, and the person stays in."""
+def test_a_cross_site_post_with_a_made_up_confirmation_logs_nobody_out(chain: Chain) -> None:
+    """Our confirmation field makes a POST the person's answer, which must then be this
+    browser's own: a made-up one (beside the attacker's own ID token) is refused, the person
+    stays in. An RP's own ``csrf_token`` field (as form frameworks post) is no confirmation:
+    its POST is answered as its GET."""
     query, request, _ = chain.login()
     attackers_id_token = chain.redeem(query["code"][0], request["verifier"]).json()["id_token"]
     _, _, victim = chain.login()
+    sent = {"id_token_hint": attackers_id_token, "post_logout_redirect_uri": f"{chain.base}/test-rp/bye"}
     # Posted cross-site: without the victim's SameSite=Lax cookies, but what it sets, they keep.
-    forged = requests.post(f"{chain.base}/logout", timeout=5, allow_redirects=False, data={
-        "id_token_hint": attackers_id_token, "csrf_token": "x",
-        "post_logout_redirect_uri": f"{chain.base}/test-rp/bye"})
+    forged = requests.post(f"{chain.base}/logout", data={**sent, LOGOUT_CONFIRMATION: "x"}, timeout=5,
+                           allow_redirects=False)
     extract_cookies_to_jar(victim.http.cookies, forged.request, forged.raw)
     assert forged.status_code == 400 and "Location" not in forged.headers
     assert victim.http.cookies.get("idb_session")
     url, _ = chain.authorize_url(prompt="none")
     assert "code=" in victim.http.get(url, allow_redirects=False, timeout=5).headers["Location"]
+    rp_form = requests.post(f"{chain.base}/logout", data={**sent, "csrf_token": "the-rp's-own"}, timeout=5,
+                            allow_redirects=False)
+    assert rp_form.status_code == 303 and rp_form.headers["Location"].startswith("/logout?")
+
+
+def test_an_authorization_request_posted_from_another_site_leaves_the_browser_binding(chain: Chain) -> None:
+    """OIDC Core §3.1.2.1 allows the request by POST; from another site it brings none of our
+    SameSite=Lax cookies, so it is answered as the same request by GET, setting nothing. Had
+    it set a new browser binding, a later confirmed logout could no longer end the person's
+    idled-out session (which only the browser that logged in with it may end)."""
+    query, request, browser = chain.login(scope="openid offline_access")
+    body = chain.redeem(query["code"][0], request["verifier"]).json()
+    chain.broker.sessions.end(browser.http.cookies.get("idb_session"))  # idled out
+    url, _ = chain.authorize_url()
+    endpoint, _, query_string = url.partition("?")
+    posted = requests.post(endpoint, data=parse_qsl(query_string), allow_redirects=False, timeout=5)
+    assert posted.status_code == 303 and "Set-Cookie" not in posted.headers
+    assert sorted(parse_qsl(urlsplit(posted.headers["Location"]).query)) == sorted(parse_qsl(query_string))
+    extract_cookies_to_jar(browser.http.cookies, posted.request, posted.raw)
+    sent = {"id_token_hint": body["id_token"]}
+    _confirm_logout(chain, browser, browser.http.get(f"{chain.base}/logout", params=sent, timeout=5), sent)
+    assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
 
 
 def test_a_code_of_a_logged_out_session_gives_no_tokens(chain: Chain) -> None:
