@@ -81,13 +81,15 @@ def clear_cookie(response: Response, name: str) -> None:
 
 
 def browser_id() -> str:
-    """This browser's binding secret; a new one is set as a cookie by :func:`security_headers`."""
+    """This browser's binding secret; a new one is set as a cookie by :func:`security_headers`,
+    but only on a GET. A POST without the cookie comes from another site (SameSite=Lax keeps
+    it back) or from no page of ours: setting a binding there would replace the person's, and
+    with it their login transactions and their right to end an earlier session at logout. It
+    gets a one-off value instead, never set, which matches nothing stored."""
     if "browser_id" not in g:
         existing = request.cookies.get(BROWSER_COOKIE, "")
-        if len(existing) >= 32:
-            g.browser_id = existing
-        else:
-            g.browser_id = secrets.token_urlsafe(32)
+        g.browser_id = existing if len(existing) >= 32 else secrets.token_urlsafe(32)
+        if g.browser_id != existing and request.method in ("GET", "HEAD"):
             g.new_browser_id = True
     return g.browser_id
 

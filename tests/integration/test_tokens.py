@@ -521,6 +521,23 @@ def test_an_authorization_request_posted_from_another_site_leaves_the_browser_bi
     assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
 
 
+@pytest.mark.parametrize("path", ["/stepup/made-up/cancel", "/team/made-up", "/stepup/made-up/totp",
+                                  "/stepup/made-up/activate", "/stepup/made-up/webauthn/options", "/logout"])
+def test_a_post_from_another_site_never_replaces_the_browser_binding(chain: Chain, path: str) -> None:
+    """Any form another site posts brings none of our SameSite=Lax cookies: whatever it is
+    answered, no new browser binding is set over the person's, so their confirmed logout still
+    ends their idled-out session."""
+    query, request, browser = chain.login(scope="openid offline_access")
+    body = chain.redeem(query["code"][0], request["verifier"]).json()
+    chain.broker.sessions.end(browser.http.cookies.get("idb_session"))  # idled out
+    posted = requests.post(f"{chain.base}{path}", data={"x": "1"}, allow_redirects=False, timeout=5)
+    assert "idb_browser" not in posted.headers.get("Set-Cookie", "")
+    extract_cookies_to_jar(browser.http.cookies, posted.request, posted.raw)
+    sent = {"id_token_hint": body["id_token"]}
+    _confirm_logout(chain, browser, browser.http.get(f"{chain.base}/logout", params=sent, timeout=5), sent)
+    assert _post(chain, "introspect", chain.rp_id, token=body["access_token"]).json() == {"active": False}
+
+
 def test_a_code_of_a_logged_out_session_gives_no_tokens(chain: Chain) -> None:
     """A code issued just before the person logged out is refused afterwards, and recorded."""
     query, request, browser = chain.login()
