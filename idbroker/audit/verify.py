@@ -126,6 +126,7 @@ def verify(audit: AuditLog, keys: KeyRing, *, issuer: str | None = None,
         expected.setdefault(anchor.seq, []).append((anchor.hash, f"the {anchor.source}"))
 
     prev_seq, prev_hash, prev_time, prev_id = 0, GENESIS_HASH, 0, None
+    at_head: ChainHead | None = None  # the readable record at the head's seq, as stored
     for entry in audit.entries():
         report.records += 1
         computed = body_hash(entry.body) if isinstance(entry.body, str) else ""  # not text: changed
@@ -161,6 +162,8 @@ def verify(audit: AuditLog, keys: KeyRing, *, issuer: str | None = None,
             report.add("inserted", entry.seq, event_id,
                        f"its prev-hash does not match the event at seq {prev_seq}: an event was inserted, "
                        "replaced or changed and re-hashed here")
+        if record is not None and entry.seq == report.head.seq:
+            at_head = ChainHead(entry.seq, entry.hash, record.time_ms)
         if record is not None and record.time_ms < prev_time:
             report.add("reordered", entry.seq, event_id, "its time is before the previous event's")
         for hash_, what in expected.get(entry.seq, ()):
@@ -173,7 +176,7 @@ def verify(audit: AuditLog, keys: KeyRing, *, issuer: str | None = None,
         prev_seq, prev_hash, prev_id = entry.seq, entry.hash, event_id
         prev_time = record.time_ms if record is not None else prev_time
     report.last_seq = prev_seq if report.records else None
-    _check_end(report, signed, unverifiable, expected, ChainHead(prev_seq, prev_hash, prev_time))
+    _check_end(report, signed, unverifiable, expected, at_head, audit.head())
     return report
 
 
@@ -232,13 +235,16 @@ def _check_start(report: VerifyReport, first: int, record: AuditRecord | None,
 
 
 def _check_end(report: VerifyReport, signed: dict[int, Checkpoint], unverifiable: dict[int, str],
-               expected: dict[int, list[tuple[str, str]]], stored_last: ChainHead) -> None:
-    """``stored_last``: the last stored record's seq, stored hash and time."""
+               expected: dict[int, list[tuple[str, str]]], at_head: ChainHead | None,
+               head_after: ChainHead) -> None:
+    """``report.head`` was read before the scan, ``head_after`` after it: brokers may append
+    meanwhile, so records past the first are newer ones (their links were checked in the
+    scan) unless they are past the second too. ``at_head``: the record at the first head's
+    seq as stored, if readable (an unreadable one is already reported as changed)."""
     head, last, first = report.head, report.last_seq, report.first_seq
-    if last is not None and head.seq == last and (head.hash, head.time_ms) != (stored_last.hash,
-                                                                               stored_last.time_ms):
+    if at_head is not None and (head.hash, head.time_ms) != (at_head.hash, at_head.time_ms):
         # The next record would chain onto the head: a changed head would pass it off as intact.
-        report.add("head", head.seq, None, "the chain head's hash or time is not the last event's: the "
+        report.add("head", head.seq, None, "the chain head's hash or time is not its event's: the "
                                            "head was changed")
     if last is None:  # nothing stored: fine only if nothing was written, or all was pruned
         cut = signed.get(head.seq)
@@ -251,9 +257,9 @@ def _check_end(report: VerifyReport, signed: dict[int, Checkpoint], unverifiable
     elif head.seq > last:
         report.add("removed", last + 1, None,
                    f"{_span(last + 1, head.seq)} missing at the end (the head says seq {head.seq})")
-    elif head.seq < last:
-        report.add("inserted", head.seq + 1, None,
-                   f"{_span(head.seq + 1, last)} after the head: added outside the broker")
+    elif head_after.seq < last:
+        report.add("inserted", head_after.seq + 1, None,
+                   f"{_span(head_after.seq + 1, last)} after the head: added outside the broker")
     end = max(last or 0, head.seq)
     for seq in sorted(expected):
         if seq > end:

@@ -596,6 +596,42 @@ def test_a_damaged_redis_head_or_checkpoint_key_is_named_not_a_crash(tmp_path: P
     audit.close()
 
 
+def test_verify_and_prune_while_a_broker_records_find_nothing_wrong(target: Target, audit: AuditLog,
+                                                                    keys: KeyRing) -> None:
+    """`idbroker audit prune` (which verifies first) runs beside working brokers: the records
+    they append during the scan are newer ones, not insertions."""
+    fill(audit, 1500)  # more than one page of the scan
+    writer, stop = target.open(), threading.Event()
+
+    def broker_recording() -> None:
+        n = 0
+        while not stop.is_set():
+            writer.record(event(n), durable=False)
+            n += 1
+
+    thread = threading.Thread(target=broker_recording)
+    thread.start()
+    try:
+        report = verify(audit, keys)
+        assert audit.checkpointer is not None
+        prune(audit, audit.checkpointer, before_ms=0)  # refused if its verify finds anything
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert report.ok, report.problems[:3]
+    assert verify(audit, keys).ok
+
+
+def test_an_unreadable_event_at_the_head_is_not_blamed_on_the_head(audit: AuditLog, keys: KeyRing,
+                                                                  raw: Raw) -> None:
+    fill(audit, 5)
+    rows = raw.rows()
+    rows[-1].body = "not json"
+    raw.write(rows)
+    assert problems(verify(audit, keys)) == [("changed", 5)]
+
+
 def test_an_event_inserted_after_the_head_is_found(audit: AuditLog, keys: KeyRing, raw: Raw) -> None:
     fill(audit, 5)
     rows = raw.rows()
