@@ -623,6 +623,41 @@ def test_verify_and_prune_while_a_broker_records_find_nothing_wrong(target: Targ
     assert verify(audit, keys).ok
 
 
+@pytest.mark.parametrize(("written", "pruned", "scanned"), [(5, 5, 0), (1600, 1500, 1000)])
+def test_verify_while_another_process_prunes_finds_nothing_wrong(target: Target, audit: AuditLog,
+                                                                 keys: KeyRing, written: int, pruned: int,
+                                                                 scanned: int) -> None:
+    """The scheduled `audit prune` of another host may cut the log while a verify scans it
+    (here before the first record is read, or after the first page): not a removal."""
+    for n in range(written):
+        audit.record(event(n), durable=False)
+        if n == pruned - 1:
+            time.sleep(0.005)
+            before = now_ms()
+            time.sleep(0.005)
+    other, scan, done = target.open(), audit.entries, []
+
+    def entries_with_a_prune_on_the_way(**filters: Any) -> Iterator[Any]:
+        stored, n = scan(**filters), 0
+        while True:
+            if n == scanned and not done:  # before the scan reads on (its next page)
+                assert other.checkpointer is not None
+                done.append(prune(other, other.checkpointer, before_ms=before))
+            entry = next(stored, None)
+            if entry is None:
+                return
+            yield entry
+            n += 1
+
+    audit.entries = entries_with_a_prune_on_the_way  # type: ignore[method-assign]
+    try:
+        report = verify(audit, keys)
+    finally:
+        other.close()
+    assert done and done[0].removed == pruned
+    assert report.ok, report.problems[:3]
+
+
 def test_an_unreadable_event_at_the_head_is_not_blamed_on_the_head(audit: AuditLog, keys: KeyRing,
                                                                   raw: Raw) -> None:
     fill(audit, 5)
