@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import tempfile
@@ -44,6 +45,28 @@ _VERIFIED_MAX = 4096
 
 class TokenInvalid(ValueError):
     """A JWT the broker was given is not one it issued, or no longer valid."""
+
+
+def read_compact(token: str) -> tuple[jws.CompactSignature, dict[str, Any]]:
+    """A compact JWS parsed once, and its header, which must be a JSON object: joserfc takes
+    any JSON value holding ``"alg"`` (``["alg"]`` too) for a header. Anything that is not
+    such a token, whatever its type, is :class:`TokenInvalid`."""
+    try:
+        signed = jws.extract_compact(token.encode("ascii"))
+        header = signed.headers()
+    except (JoseError, UnicodeEncodeError, ValueError, AttributeError) as exc:  # AttributeError: not text
+        raise TokenInvalid("not a JWS compact token") from exc
+    if not isinstance(header, dict):
+        raise TokenInvalid("not a JWS compact token: the header is not a JSON object")
+    return signed, header
+
+
+def is_numeric_date(value: Any) -> bool:
+    """An RFC 7519 NumericDate: an int of any size (compared, never turned into a float) or a
+    finite float. NaN compares false with every time, so an ``exp`` of NaN would never pass."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -142,14 +165,7 @@ class KeyRing:
             _check_typ(known[1], typ)
             fresh: dict[str, Any] = json.loads(known[2])  # a copy the caller may change
             return fresh
-        try:
-            # Parsed once; the signature is checked on this same parse below.
-            signed = jws.extract_compact(token.encode("ascii"))
-            header = signed.headers()
-        except (JoseError, UnicodeEncodeError, ValueError) as exc:
-            raise TokenInvalid("not a JWS compact token") from exc
-        if not isinstance(header, dict):  # joserfc takes any JSON holding "alg", e.g. ["alg"]
-            raise TokenInvalid("the header is not a JSON object")
+        signed, header = read_compact(token)  # parsed once: the signature is checked on it below
         key = self._by_kid.get(str(header.get("kid")))
         if key is None:
             self._maybe_reload()  # a key another instance has just added

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import threading
 import time
@@ -50,14 +49,14 @@ from authlib.oidc.core import OpenIDCode, UserInfo, UserInfoEndpoint
 from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 from authlib.oidc.core.grants.util import is_openid_scope
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from joserfc import jws, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from idbroker.assurance.levels import Level
 from idbroker.audit import AuditEvent, AuditLog, AuditUnavailable, EventType, UnsafeAuditValue
 from idbroker.config import Settings
-from idbroker.keys import KeyRing, TokenInvalid
+from idbroker.keys import KeyRing, TokenInvalid, is_numeric_date, read_compact
 from idbroker.policy.acting import evaluate_login, granted_scopes, token_roles
 from idbroker.policy.evaluate import Decision, NotAMember
 from idbroker.policy.model import ClientPolicy, Policy
@@ -312,14 +311,14 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
     def _check_before_use(self, claims: dict[str, Any]) -> None:
         """What authlib's claim checks leave open, checked before they spend the ``jti``.
 
-        * ``exp`` and ``iat`` finite numbers (a NaN ``exp`` compares false with every time,
-          so it would never expire; 10**400 is no float).
+        * ``exp`` and ``iat`` NumericDates (:func:`~idbroker.keys.is_numeric_date`; 10**400 is
+          one, compared without turning it into a float).
         * No longer than ``tokens.client_assertion_max_age``: from now, and from ``iat`` when
           given, so an hour-long assertion that leaked is not good in its last minutes.
         * Every ``aud`` value this broker's (authlib accepts a list holding any one of them).
         """
         exp, iat = claims.get("exp"), claims.get("iat")
-        if not _finite_number(exp) or (iat is not None and not _finite_number(iat)):
+        if not is_numeric_date(exp) or (iat is not None and not is_numeric_date(iat)):
             raise InvalidClientError(description="The client assertion's exp and iat must be numbers.")
         max_age = self.provider.settings.tokens.client_assertion_max_age
         if exp > time.time() + max_age or (iat is not None and exp > iat + max_age):
@@ -343,13 +342,6 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         ttl = max(1.0, float(claims["exp"]) - time.time() + self.leeway)
         key = secret_key(f"{claims['sub']}\x1f{jti}")
         return self.provider.store.add("client-jti", key, {"at": int(time.time())}, ttl)
-
-
-def _finite_number(value: Any) -> bool:
-    """An int (any size: compared, never turned into a float) or a finite float."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _presented_client_credentials(request: OAuth2Request, basic: str | None) -> list[str]:
@@ -393,15 +385,15 @@ def _check_basic_credentials(credentials: str) -> None:
 
 def _jws_header(token: str) -> dict[str, Any]:
     try:
-        return dict(jws.extract_compact(token.encode("ascii")).headers())
-    except (JoseError, ValueError) as exc:
+        return read_compact(token)[1]
+    except TokenInvalid as exc:
         raise InvalidClientError(description="Invalid JWT assertion.") from exc
 
 
 def _jws_claims(token: str) -> dict[str, Any]:
     try:
-        return dict(json.loads(jws.extract_compact(token.encode("ascii")).payload))
-    except (JoseError, ValueError, TypeError) as exc:
+        return dict(json.loads(read_compact(token)[0].payload))
+    except (ValueError, TypeError) as exc:  # TokenInvalid is a ValueError
         raise InvalidClientError(description="Invalid JWT assertion.") from exc
 
 

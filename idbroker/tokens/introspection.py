@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from idbroker.keys import KeyRing, TokenInvalid
+from idbroker.keys import KeyRing, TokenInvalid, is_numeric_date
 from idbroker.policy.model import ClientPolicy
 from idbroker.tokens.errors import INVALID_CLIENT, TokenError
 
@@ -38,10 +38,6 @@ class RevocationCheck(Protocol):
 
 class InactiveToken(ValueError):
     """The access token is not live; ``reason`` is for the log (it never holds the token)."""
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def single_audience(claims: Mapping[str, Any]) -> str | None:
@@ -67,13 +63,13 @@ def verify_access_token(token: str, keys: KeyRing, issuer: str, revoked: Revocat
     if claims["iss"] != issuer:
         raise InactiveToken("issued by another issuer")
     now = time.time() if now is None else now
-    if not (_number(claims["exp"]) and _number(claims["iat"])):
+    if not (is_numeric_date(claims["exp"]) and is_numeric_date(claims["iat"])):
         raise InactiveToken("exp/iat are not numbers")
     if claims["exp"] <= now:
         raise InactiveToken("expired")
     if claims["iat"] > now + leeway:
         raise InactiveToken("issued in the future")
-    if "nbf" in claims and (not _number(claims["nbf"]) or claims["nbf"] > now + leeway):
+    if "nbf" in claims and (not is_numeric_date(claims["nbf"]) or claims["nbf"] > now + leeway):
         raise InactiveToken("not yet valid")
     if single_audience(claims) is None or not isinstance(claims["jti"], str):
         raise InactiveToken("malformed aud or jti")

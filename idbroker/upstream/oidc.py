@@ -20,11 +20,12 @@ from typing import Any
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
-from joserfc import jws, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
 from idbroker.assurance.levels import Level
+from idbroker.keys import read_compact
 from idbroker.policy.idp import OidcIdp
 from idbroker.policy.model import Organisation
 from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
@@ -34,9 +35,6 @@ _JWKS_REFRESH_MIN_INTERVAL = 60.0
 #: Lifetime of the broker's own ``private_key_jwt`` assertions. authlib's default is an hour;
 #: strict IdPs (idbroker itself among them) refuse assertions that live that long.
 CLIENT_ASSERTION_LIFETIME = 60
-
-
-
 #: RFC 8176 ``amr`` values are short names (``pwd``, ``otp``); the audit keeps at most 512 characters.
 _MAX_AMR = 64
 
@@ -44,6 +42,7 @@ _MAX_AMR = 64
 def _strings(value: Any) -> bool:
     """A JSON array of strings (and nothing else)."""
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
 
 class _ShortLivedPrivateKeyJWT(PrivateKeyJWT):
     """authlib's ``private_key_jwt``, through its ``sign`` hook, with a short-lived assertion."""
@@ -261,9 +260,7 @@ class OidcConnector:
 
     def _key_set_for(self, id_token: str) -> KeySet:
         """The IdP's keys; fetched again (at most once a minute) when a new kid appears."""
-        header = jws.extract_compact(id_token.encode("ascii")).headers()
-        if not isinstance(header, dict):  # joserfc takes any JSON holding "alg", e.g. ["alg"]
-            raise ValueError("the ID token's header is not a JSON object")
+        _, header = read_compact(id_token)  # TokenInvalid is a ValueError: the caller refuses it
         kid = header.get("kid")
         with self._lock:
             jwks, fetched_at = self._jwks, self._jwks_at
