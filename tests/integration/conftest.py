@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import secrets
 import shutil
@@ -288,10 +289,21 @@ def running_chain(tmp_path: Path, overrides: dict[str, Any] | None = None) -> It
         yield Chain(base, demo, rp_key, tmp_path / "policies", tmp_path / "state")
 
 
+#: Redis databases handed to chains in turn: each chain starts on an empty one.
+_REDIS_DATABASES = itertools.cycle(range(1, 16))
+
+
 def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings that put the chain on the backend named by the fixture parameter."""
+    """Settings that put the chain on the backend named by the fixture parameter. A Redis
+    chain gets an empty database of its own: chains share the one redis-server, and one
+    chain's audit trail (checkpoints signed by its own keys) must not land in another's."""
     if request.param == "redis":
-        return {"store.url": request.getfixturevalue("redis_url")}
+        from redis import Redis
+
+        url = f"{request.getfixturevalue('redis_url').rsplit('/', 1)[0]}/{next(_REDIS_DATABASES)}"
+        with Redis.from_url(url) as client:
+            client.flushdb()
+        return {"store.url": url}
     return {}
 
 
