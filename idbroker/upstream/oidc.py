@@ -25,7 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
 from idbroker.assurance.levels import Level
-from idbroker.keys import read_compact
+from idbroker.keys import is_numeric_date, read_compact
 from idbroker.policy.idp import OidcIdp
 from idbroker.policy.model import Organisation
 from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
@@ -215,9 +215,9 @@ class OidcConnector:
             (claims.get("iss") != self.idp.issuer, "iss is not the configured issuer"),
             (self.idp.client_id not in audiences, "aud does not name the broker"),
             (len(audiences) > 1 and claims.get("azp") != self.idp.client_id, "azp is not the broker"),
-            (not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - self._skew,
+            (not is_numeric_date(claims.get("exp")) or claims["exp"] < now - self._skew,  # NaN never expires
              "expired"),
-            (isinstance(claims.get("iat"), int | float) and claims["iat"] > now + self._skew,
+            (is_numeric_date(claims.get("iat")) and claims["iat"] > now + self._skew,
              "issued in the future"),
             (not hmac.compare_digest(str(claims.get("nonce", "")), nonce), "nonce mismatch"),
             (not isinstance(claims.get("sub"), str) or not claims["sub"], "no subject"),

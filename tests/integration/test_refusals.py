@@ -222,7 +222,7 @@ def test_misbehaving_idp_gets_no_one_in(chain: Chain, fault: str) -> None:
 HEADER_NOT_AN_OBJECT = {"header": ["alg"]}
 ODD_UPSTREAM_CLAIMS = [{"aud": 5}, {"aud": ["idbroker", 5]}, {"amr": 5}, {"amr": [5, None]},
                        {"amr": ["x" * 600]}, {"acr": {"a": 1}}, {"acr": ["http://eidas.europa.eu/LoA/substantial"]},
-                       HEADER_NOT_AN_OBJECT]
+                       {"exp": float("nan")}, HEADER_NOT_AN_OBJECT]
 
 
 @pytest.mark.parametrize("odd", ODD_UPSTREAM_CLAIMS, ids=[repr(odd)[:30] for odd in ODD_UPSTREAM_CLAIMS])
