@@ -20,6 +20,8 @@ Parts:
 - ``store-fsync`` / ``audit-fsync`` / ``fsync`` (both): the store's / the audit trail's
   SQLite commits run with ``synchronous=NORMAL``: everything is written as before, only not
   fsynced. What durability costs, apart from the writes themselves;
+- ``writes``: ``audit-write`` and ``store-swap`` together: no durable write at all, the most
+  that any cheaper store or audit trail could give;
 - ``static``: the token endpoints read the body and answer a fixed JSON document: what
   the HTTP server and the WSGI plumbing cost.
 
@@ -49,7 +51,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -58,62 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import token_bench
-
-#: Part -> the body of the server's sitecustomize that switches it off.
-PATCHES = {
-    "audit": """
-        from idbroker.audit.log import ChainedLog
-        ChainedLog.record = lambda self, event, *, durable=True: None
-    """,
-    "audit-write": """
-        from idbroker.audit.chain import GENESIS
-        from idbroker.audit.sqlite_log import SqliteAuditLog
-        SqliteAuditLog._append = lambda self, build, *, durable: build(GENESIS)
-    """,
-    "store-swap": """
-        from idbroker.store.sqlite import SqliteStore
-        SqliteStore.swap = lambda self, *args, **kwargs: True
-    """,
-    "static": """
-        from idbroker.oidc.token_endpoints import TokenEndpoints
-        _BODY = b'{"access_token":"' + b"x" * 600 + b'","token_type":"Bearer","expires_in":300}'
-        def _static(self, environ, start_response):
-            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(_BODY))), *self._security])
-            return [_BODY]
-        TokenEndpoints.__call__ = _static
-    """,
-}
-
-
-def _without_fsync(module: str) -> str:
-    """A patch making ``module``'s SQLite commits ``synchronous=NORMAL``. The original is bound
-    as a default argument, so several such patches can share one sitecustomize."""
-    return f"""
-        import importlib
-        _module = importlib.import_module({module!r})
-        _module.write_transaction = (lambda db, *, durable, drop, commit=_module.write_transaction:
-                                     commit(db, durable=False, drop=drop))
-    """
-
-
-PATCHES["store-fsync"] = _without_fsync("idbroker.store.sqlite")
-PATCHES["audit-fsync"] = _without_fsync("idbroker.audit.sqlite_log")
-PATCHES["fsync"] = PATCHES["store-fsync"] + PATCHES["audit-fsync"]  # what durability itself costs
-#: Written by every sitecustomize once its patch is in: proof that the server ran it.
-_APPLIED = "TOKEN_ABLATION_APPLIED"  # not IDBROKER_*: those are settings
-
-
-def sitecustomize(directory: Path, part: str) -> dict[str, str]:
-    """The server environment that switches ``part`` off (a sitecustomize in ``directory``)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    marker = directory / "applied"
-    (directory / "sitecustomize.py").write_text(
-        textwrap.dedent(PATCHES[part])
-        + f"\nimport os as _os\nopen(_os.environ[{_APPLIED!r}], 'w').close()\n")
-    python_path = os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": python_path, _APPLIED: str(marker)}
+from switch_off import APPLIED, PATCHES, sitecustomize
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -197,7 +143,7 @@ def run_once(workdir: Path, scenario: str, part: str | None, args: argparse.Name
     store_url = f"sqlite:///{workdir / 'store.sqlite3'}"
     count = int(args.duration * 4000) if scenario == "refresh" else 2  # refresh: a token a request
     with token_bench.idbroker(workdir, store_url, args.threads, env=env) as (pid, issuer, _):
-        if env is not None and not Path(env[_APPLIED]).exists():
+        if env is not None and not Path(env[APPLIED]).exists():
             sys.exit(f"the server did not load the patch for {part!r}: nothing measured")
         minted = token_bench.idbroker_bodies(issuer, workdir, count, store_url=store_url)
         path, bodies = token_bench.scenarios(minted, other_resource="https://other-api.bench.example")[scenario]

@@ -5,6 +5,7 @@
                                           [--peer-store memory|redis|redis-fsync|both|all]
                                           [--threads 8]
                                           [--access-log] [--no-idbroker | --no-peer]
+                                          [--without PART]
 
 Each server runs on one core (``taskset -c 0``), the load generator on the other (``-c 1``):
 ``wrk`` (Debian package ``wrk``) when installed, else a Python keep-alive generator in this
@@ -36,7 +37,10 @@ throw-away config, policy, key directory and store: a SQLite file (the audit tra
 ``*-audit.sqlite3`` file beside it, every token's event fsynced before it leaves), and/or a
 throw-away ``redis-server`` (no persistence) pinned to the broker's core, holding the store
 and the audit trail. idbroker's access log is off unless ``--access-log``, as the peer writes
-none (it costs ~15 %). Where the time goes: ``bench/token_profile.py`` (per step) and
+none (it costs ~15 %). ``--without PART`` also runs idbroker (SQLite) with one part switched
+off (``bench/switch_off.py``; e.g. ``writes``: no audit transaction and no rotation write), a
+broken broker never to be deployed: how near the peer any cheaper design of that part could
+bring it, measured in the same run. Where the time goes: ``bench/token_profile.py`` (per step) and
 ``bench/token_ablation.py`` (one part switched off). Refresh tokens are minted with
 ``idbroker.tokens.RefreshTokens`` in that store and subject tokens signed with its keys. Until
 the token endpoint serves a grant, the script prints "idbroker grant not available yet" for it.
@@ -69,6 +73,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from switch_off import APPLIED, PATCHES, sitecustomize  # noqa: E402 (this directory)
 
 from idbroker.keys import KeyRing  # noqa: E402
 from idbroker.store import open_store  # noqa: E402
@@ -432,6 +438,9 @@ def main() -> int:
                         help="server.threads: the worker's thread pool (one worker)")
     parser.add_argument("--access-log", action="store_true",
                         help="keep idbroker's per-request access log (the peer writes none; off by default)")
+    parser.add_argument("--without", choices=sorted(PATCHES), metavar="PART",
+                        help="also run idbroker (SQLite) with this part switched off: "
+                             + ", ".join(sorted(PATCHES)))
     args = parser.parse_args()
     generator = run_wrk if shutil.which("wrk") else run_python
     pinning = f"servers on core {SERVER_CORE}, load on core {LOAD_CORE}" if pinned(SERVER_CORE) \
@@ -450,10 +459,14 @@ def main() -> int:
         stores = [] if args.no_idbroker else ["sqlite", "redis"] if args.store == "both" else [args.store]
         for store in stores:
             run_idbroker(workdir, store, refresh_count, generator, args, results)
+        if args.without and not args.no_idbroker:
+            run_idbroker(workdir, "sqlite", refresh_count, generator, args, results, without=args.without)
     print()
+    servers = [_label(store) for store in stores or ["sqlite"]]
+    if args.without and not args.no_idbroker:
+        servers.append(_label("sqlite", args.without))
     for peer in [_peer_label(peer_store) for peer_store in peer_stores or ["memory"]]:
-        for store in stores or ["sqlite"]:
-            server = _label(store)
+        for server in servers:
             for name in ("refresh", "exchange", "introspection", "introspection-new"):
                 peer_name = "introspection" if name == "introspection-new" else name
                 ours, theirs = results.get((server, name)), results.get((peer, peer_name))
@@ -498,22 +511,27 @@ def measure_peer(refresh_count: int, generator: Any, args: argparse.Namespace,
             report(label, name, results[(label, name)], rss)
 
 
-def _label(store: str) -> str:
-    return "idbroker" if store == "sqlite" else f"idbroker/{store}"
+def _label(store: str, without: str | None = None) -> str:
+    label = "idbroker" if store == "sqlite" else f"idbroker/{store}"
+    return f"{label} without {without}" if without else label
 
 
 def run_idbroker(workdir: Path, store: str, refresh_count: int, generator: Any, args: argparse.Namespace,
-                 results: dict[tuple[str, str], Result]) -> None:
-    server = _label(store)
-    broker_dir = workdir / f"idbroker-{store}"
+                 results: dict[tuple[str, str], Result], *, without: str | None = None) -> None:
+    """``without``: a part switched off in the server (``bench/switch_off.py``), checked loaded."""
+    server = _label(store, without)
+    broker_dir = workdir / f"idbroker-{store}{'-without-' + without if without else ''}"
     broker_dir.mkdir()
+    env = sitecustomize(broker_dir / "patch", without) if without else None
     with ExitStack() as stack:
         if store == "redis":
             redis_pid, store_url = stack.enter_context(redis_server(broker_dir))
         else:
             redis_pid, store_url = None, f"sqlite:///{broker_dir / 'store.sqlite3'}"
         pid, issuer, _ = stack.enter_context(idbroker(broker_dir, store_url, args.threads,
-                                                      access_log=args.access_log))
+                                                      access_log=args.access_log, env=env))
+        if env is not None and not Path(env[APPLIED]).exists():
+            sys.exit(f"the server did not load the patch for {without!r}: nothing measured")
         minted = idbroker_bodies(issuer, broker_dir, refresh_count, store_url=store_url)
         ours = scenarios(minted, other_resource="https://other-api.bench.example")
         _, discovery = get_json(issuer, "/.well-known/openid-configuration")

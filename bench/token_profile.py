@@ -15,7 +15,7 @@ per request inside each named step, measured with ``time.thread_time`` (the user
 system time of the calling thread, so an fsync's kernel time counts and its waiting does not).
 Steps nest: the refresh token check holds the policy re-evaluation made in it.
 
-``--no-fsync`` commits with ``synchronous=NORMAL`` (``token_ablation.py``'s ``fsync`` part):
+``--no-fsync`` commits with ``synchronous=NORMAL`` (the ``fsync`` part of ``switch_off.py``):
 what is left is the application's own cost per request, with no HTTP server, no other
 thread and no durability, the floor that no server arrangement can go below.
 """
@@ -40,8 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import token_ablation
 import token_bench
+from switch_off import PATCHES
 
 from idbroker.app import create_app
 from idbroker.audit.events import AuditEvent
@@ -115,7 +115,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.no_fsync:
         # The very patch the server gets in token_ablation.py, applied to this process.
-        exec(textwrap.dedent(token_ablation.PATCHES["fsync"]), {})  # noqa: S102 (our own constant)
+        exec(textwrap.dedent(PATCHES["fsync"]), {})  # noqa: S102 (our own constant)
     with tempfile.TemporaryDirectory(prefix="token-profile-") as tmp:
         workdir = Path(tmp)
         with ExitStack() as stack:
