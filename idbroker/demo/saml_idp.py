@@ -62,6 +62,7 @@ SAML_FAULTS = frozenset({
     "plaintext",             # assertion not encrypted even though the SP has an encryption key
     "no_class_ref",          # AuthnStatement without AuthnContextClassRef
     "empty_class_ref",       # an AuthnContextClassRef element without text
+    "authn_instant_offset",  # AuthnInstant with a time zone offset (XML Schema's, not SAML's)
 })
 
 ATTRIBUTE_NAMES = {
@@ -213,6 +214,9 @@ class DemoSamlIdp:
         if "empty_class_ref" in self.faults:
             for ref in assertion.iter(f"{{{_SAML}}}AuthnContextClassRef"):
                 ref.text = None
+        if "authn_instant_offset" in self.faults:
+            for statement in assertion.iter(f"{{{_SAML}}}AuthnStatement"):
+                statement.set("AuthnInstant", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now)))
 
     def _wrap(self, root: etree._Element, signed: etree._Element) -> None:
         """The classic XML signature wrapping: an evil assertion the signature does not cover."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
 from flask import Blueprint, Response, redirect, request, url_for
 
 from idbroker.assurance.levels import upstream_level
 from idbroker.audit import AuditUnavailable, EventType
+from idbroker.keys import is_numeric_date
 from idbroker.oidc.flow import authorization_response, required_level
 from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
@@ -222,15 +225,24 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
 def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: UpstreamIdentity) -> Response:
     b = broker()
     now = int(time.time())
-    upstream_time = identity.auth_time if isinstance(identity.auth_time, int) else now
+    upstream_time = int(identity.auth_time) if is_numeric_date(identity.auth_time) else now
     assurance = organisation.idp.assurance
     level = upstream_level(identity.upstream_acr, trusted_up_to=assurance.trusted_level,
                            mapping=assurance.table)
+    said_amr = identity.amr
+    if assurance.trusted_level is None:
+        # An IdP the policy trusts for nothing vouches for no method either: its "hwk" or
+        # "mfa" would otherwise reach the broker's tokens beside acr low. The trail's
+        # upstream.result keeps what it said, as it keeps the raw acr.
+        identity = replace(identity, amr=())
     person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
     who = {"person": person, "upstream_issuer": identity.issuer, "upstream_subject": identity.subject,
            "organisation": organisation.id, "client": txn.params.get("client_id")}
+    detail: dict[str, Any] = {"mapping": level.reason}
+    if said_amr != identity.amr:
+        detail["amr_ignored"] = "the policy trusts this IdP for nothing beyond low"
     audit(EventType.UPSTREAM_RESULT, durable=False, **who, upstream_acr=identity.upstream_acr,
-          acr=level.level.acr, factors=identity.amr, detail={"mapping": level.reason})
+          acr=level.level.acr, factors=said_amr, detail=detail)
     token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),
                                        level=level.level.name.lower())
     try:

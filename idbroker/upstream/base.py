@@ -63,6 +63,30 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
+def mapped_attributes(found: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream answer's mapped attributes as the policy and the ID token read them: a text
+    or a list of texts each (several groups, a multi-valued attribute). A whole number (an
+    employee number or a group id sent as a JSON number) becomes its decimal text, as the
+    policy's rules and ``policy explain --claims`` read it. Anything else refuses the
+    answer (``invalid``): a fraction, an object or a list in a list matches no rule, and a
+    group that was one ended the login in an error."""
+    kept: dict[str, Any] = {}
+    for name, value in found.items():
+        text = [_text(item) for item in value] if isinstance(value, list | tuple) else _text(value)
+        if text is None or (isinstance(text, list) and None in text):
+            raise UpstreamError("invalid", f"the mapped attribute {name!r} is not text")
+        kept[name] = text
+    return kept
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and -10**18 < value < 10**18:  # bool too (str(True), as before)
+        return str(value)
+    return None
+
+
 @dataclass(frozen=True)
 class UpstreamRedirect:
     """Where to send the browser, and what the connector must get back to finish."""

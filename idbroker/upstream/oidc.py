@@ -28,7 +28,7 @@ from idbroker.assurance.levels import Level
 from idbroker.keys import is_numeric_date, read_compact
 from idbroker.policy.idp import OidcIdp
 from idbroker.policy.model import Organisation
-from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
+from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect, mapped_attributes
 
 _METADATA_TTL = 3600.0
 _JWKS_REFRESH_MIN_INTERVAL = 60.0
@@ -126,11 +126,11 @@ class OidcConnector:
             organisation=self.organisation.id,
             issuer=self.idp.issuer,
             subject=subject,
-            attributes={field: profile[source] for field, source in mapping.fields().items()
-                        if source in profile},
+            attributes=mapped_attributes({field: profile[source] for field, source in mapping.fields().items()
+                                          if source in profile}),
             upstream_acr=claims.get("acr"),
             amr=tuple(claims.get("amr") or ()),
-            auth_time=claims.get("auth_time"),
+            auth_time=None if claims.get("auth_time") is None else int(claims["auth_time"]),
         )
 
     # -- steps -------------------------------------------------------------------
@@ -225,6 +225,8 @@ class OidcConnector:
             (claims.get("acr") is not None and not isinstance(claims["acr"], str), "acr is not a string"),
             (amr is not None and not (_strings(amr) and all(len(value) <= _MAX_AMR for value in amr)),
              "amr is not a list of short strings"),
+            (claims.get("auth_time") is not None and not is_numeric_date(claims["auth_time"]),
+             "auth_time is not a number"),
         ]
         for failed, what in problems:
             if failed:

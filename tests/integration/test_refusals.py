@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     BACKENDS,
     BASIC_SECRET,
     FAULTS,
+    TRUSTED_OIDC_ORG,
     Chain,
     fault_org,
     running_chain,
@@ -222,13 +223,16 @@ def test_misbehaving_idp_gets_no_one_in(chain: Chain, fault: str) -> None:
 HEADER_NOT_AN_OBJECT = {"header": ["alg"]}
 ODD_UPSTREAM_CLAIMS = [{"aud": 5}, {"aud": ["idbroker", 5]}, {"amr": 5}, {"amr": [5, None]},
                        {"amr": ["x" * 600]}, {"acr": {"a": 1}}, {"acr": ["http://eidas.europa.eu/LoA/substantial"]},
-                       {"exp": float("nan")}, HEADER_NOT_AN_OBJECT]
+                       {"exp": float("nan")}, {"auth_time": True}, {"auth_time": "yesterday"},
+                       {"groups": [["ggd-crisis"]]}, {"groups": [1.5]}, {"groups": {"a": 1}},
+                       {"functie": 3.5}, {"functie": ["a", ["b"]]}, HEADER_NOT_AN_OBJECT]
 
 
 @pytest.mark.parametrize("odd", ODD_UPSTREAM_CLAIMS, ids=[repr(odd)[:30] for odd in ODD_UPSTREAM_CLAIMS])
 def test_an_upstream_id_token_with_odd_claim_types_is_refused_not_a_500(
         chain: Chain, monkeypatch: pytest.MonkeyPatch, odd: dict[str, Any]) -> None:
-    """A signed ID token whose ``aud``, ``amr`` or ``acr`` is not what OIDC Core says, or whose
+    """A signed ID token whose ``aud``, ``amr``, ``acr`` or ``auth_time`` is not what OIDC Core
+    says, whose mapped attributes are not text (a group that is a number or a list), or whose
     header is no JSON object, gets the page for a refused answer, and the refusal is recorded."""
     from idbroker.demo import idp as demo_idp
 
@@ -245,7 +249,8 @@ def test_an_upstream_id_token_with_odd_claim_types_is_refused_not_a_500(
         monkeypatch.setattr(demo_idp._OpenIDCode, "generate_user_info",
                             lambda self, user, scope: {**claims_of(self, user, scope), **odd})
     before = chain.broker.audit.head().seq
-    browser = Browser()
+    # Groups are mapped from the trusted GGD's IdP; the municipality's maps functie.
+    browser = Browser(username="t.devos", organisation=TRUSTED_OIDC_ORG) if "groups" in odd else Browser()
     step = browser.go(chain.authorize_url()[0], stop_at=chain.rp_redirect)
     assert step.status == 400 and "Traceback" not in step.body, step.body[:300]
     assert "idb_session" not in browser.http.cookies

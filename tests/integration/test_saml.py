@@ -129,6 +129,7 @@ EXPECTED_REASONS = {
     "plaintext": "not encrypted",
     "no_class_ref": None,  # not a refusal: counted as low
     "empty_class_ref": None,  # the same
+    "authn_instant_offset": "AuthnInstant is not a SAML time",
 }
 
 

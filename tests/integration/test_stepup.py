@@ -546,3 +546,27 @@ def test_organisation_allow_list_refuses_an_authenticator_without_a_trusted_atte
     assert browser.last_json.get("message") == "Dit type sleutel is niet toegestaan door uw organisatie."
     registry = FactorRegistry(chain.broker.store)
     assert not any(f.kind == FactorKind.WEBAUTHN for f in registry.list(session_of(chain, browser).person))
+
+
+@pytest.mark.parametrize(("browser", "kept"), [
+    (lambda: person(64), False),  # trusted for nothing beyond low: its word alone
+    (lambda: Browser(username="t.bos", organisation=TRUSTED_OIDC_ORG), True),  # trusted up to substantial
+], ids=["untrusted", "trusted"])
+def test_only_an_idp_the_policy_trusts_vouches_for_how_the_person_logged_in(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, browser: Any, kept: bool) -> None:
+    """An IdP's ``amr`` reaches the broker's tokens only if the policy trusts that IdP: an
+    untrusted one's "hwk" and "mfa" used to stand in the ID token beside acr low."""
+    from idbroker.demo import idp as demo_idp
+
+    claims_of = demo_idp._OpenIDCode.generate_user_info
+    monkeypatch.setattr(demo_idp._OpenIDCode, "generate_user_info",
+                        lambda self, user, scope: {**claims_of(self, user, scope), "amr": ["hwk", "mfa"]})
+    before = chain.broker.audit.head().seq
+    query, request, _ = chain.login(browser())
+    id_token, access = tokens(chain, query, request)
+    assert ({"hwk", "mfa"} <= set(id_token.get("amr", ()))) is kept, id_token
+    assert ({"hwk", "mfa"} <= set(access.get("amr", ()))) is kept, access
+    said = [r.event for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "upstream.result"]
+    assert said[0]["factors"] == ["hwk", "mfa"]  # the trail keeps what the IdP said, as with acr
+    assert ("amr_ignored" in said[0]["detail"]) is not kept

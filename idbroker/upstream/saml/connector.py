@@ -43,7 +43,7 @@ from idbroker.assurance.levels import Level
 from idbroker.policy.idp import SamlIdp
 from idbroker.policy.model import Organisation
 from idbroker.store import Store
-from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect
+from idbroker.upstream.base import UpstreamError, UpstreamIdentity, UpstreamRedirect, mapped_attributes
 from idbroker.upstream.saml.crypto import InProcessXmlSec, UnsafeXml, parse_xml
 from idbroker.upstream.saml.keys import KeyPair
 from idbroker.upstream.saml.metadata import IdpMetadata, MetadataSource
@@ -231,12 +231,12 @@ class SamlConnector:
             if context is not None and context.authn_context_class_ref is not None:
                 class_ref = (context.authn_context_class_ref.text or "").strip() or None  # empty: none
             if statement.authn_instant:
-                auth_time = calendar.timegm(time_util.str_to_time(statement.authn_instant))
+                auth_time = _authn_instant(statement.authn_instant)
         return UpstreamIdentity(
             organisation=self.organisation.id,
             issuer=self.idp.entity_id,
             subject=subject,
-            attributes=normalised,
+            attributes=mapped_attributes(normalised),
             upstream_acr=class_ref,
             amr=(),
             auth_time=auth_time,
@@ -293,3 +293,13 @@ class SamlConnector:
         """The SP metadata this organisation's IdP needs: entity id, ACS URL, both keys."""
         descriptor = entity_descriptor(self.config(None))
         return str(descriptor)
+
+
+def _authn_instant(text: str) -> int:
+    """``AuthnInstant`` as epoch seconds. SAML Core 1.3.3 wants UTC with no time zone part;
+    pysaml2 reads only that, and checks no ``AuthnInstant`` itself, so anything else (an
+    offset, which XML Schema allows) is refused here as the IdP's fault, not a 500."""
+    try:
+        return calendar.timegm(time_util.str_to_time(text))
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise UpstreamError("invalid", "AuthnInstant is not a SAML time (UTC, no offset)") from exc
