@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -58,9 +58,18 @@ DEFAULT_CLAIMS = ("organisation", "team", "roles", "person", "acr")
 IDENTITY_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
 
 
+#: The moments a rule may name: every one of them, and the day after a date, is a time in
+#: Amsterdam too (9999-12-31, a common "no end", is not: leave ``valid_until`` out instead).
+_EARLIEST, _LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def parse_moment(value: Any) -> date | datetime:
     """A date (whole days, Europe/Amsterdam) or a date-time; without an offset it is
     Amsterdam wall-clock time."""
+    return _in_range(value, _moment(value))
+
+
+def _moment(value: Any) -> date | datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=AMSTERDAM)
     if isinstance(value, date):
@@ -77,6 +86,14 @@ def parse_moment(value: Any) -> date | datetime:
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=AMSTERDAM)
     raise ValueError(f"'{value}' is not a date (2025-03-01) or a date-time (2025-03-01T08:00, "
                      f"Europe/Amsterdam unless it names an offset such as +01:00 or Z)")
+
+
+def _in_range(value: Any, moment: date | datetime) -> date | datetime:
+    instant = moment if isinstance(moment, datetime) else datetime.combine(moment, time(0), UTC)
+    if not _EARLIEST <= instant <= _LATEST:
+        raise ValueError(f"'{value}' is too far off (before 0001-01-02 or after 9999-12-30); "
+                         "for a rule without end, leave valid_until out")
+    return moment
 
 
 Moment = Annotated[date | datetime, PlainValidator(parse_moment)]

@@ -288,17 +288,25 @@ class _Builder:
             self._check(event)
         key = event.value
         if event.implicit[0] and event.tag is None:
-            resolved = _resolve_plain(key)
+            resolved = self._plain(key, line)
             if resolved is not _TEXT:
                 raise _Refused(line, f"mapping key {key!r} is not a string", "quote the key")
         if key == "<<":
             raise _Refused(line, "YAML merge keys ('<<') are not allowed", "write the keys out in full")
         return key
 
+    @staticmethod
+    def _plain(value: str, line: int) -> Any:
+        try:
+            return _resolve_plain(value)
+        except ValueError:  # Python reads no integer of over 4,300 digits
+            raise _Refused(line, f"the number {value[:12]}... ({len(value)} digits) is too long",
+                           "quote it if it is text") from None
+
     def _scalar(self, event: Any) -> Any:
         value: str = event.value
         if event.implicit[0]:  # unquoted
-            resolved = _resolve_plain(value)
+            resolved = self._plain(value, event.start_mark.line + 1)
             if resolved is not _TEXT:
                 return resolved
         if self.environ is not None and "${" in value:

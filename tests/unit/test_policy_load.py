@@ -155,6 +155,18 @@ teams:
     (GOOD_TEAM.replace("      - group: crisisdienst",
                        "      - group: crisisdienst\n        valid_from: 1 mei"),
      11, "'1 mei' is not a date (2025-03-01) or a date-time", None),
+    # moments past what a calendar in Amsterdam can hold: a message, not a crash (9999-12-31
+    # overflowed at its end of day, 23:30-12:00 in Amsterdam at every explanation)
+    (GOOD_TEAM.replace("      - group: crisisdienst",
+                       "      - group: crisisdienst\n        valid_until: 9999-12-31"),
+     11, "'9999-12-31' is too far off (before 0001-01-02 or after 9999-12-30); for a rule without end, "
+         "leave valid_until out", None),
+    (GOOD_TEAM.replace("      - group: crisisdienst",
+                       "      - group: crisisdienst\n        valid_from: 9999-12-31T23:30-12:00"),
+     11, "'9999-12-31T23:30-12:00' is too far off", None),
+    # a number longer than Python reads (over 4,300 digits)
+    (GOOD_TEAM.replace("  - id: crisisdienst\n", "  - id: 1" + "0" * 5000 + "\n"),
+     2, "the number 100000000000... (5001 digits) is too long", "quote it if it is text"),
     # overlapping time windows: the same person twice, same roles, overlapping validity
     (GOOD_TEAM.replace("      - group: crisisdienst",
                        "      - subjects: [g-1, g-2]\n        valid_until: 2026-06-30\n"
