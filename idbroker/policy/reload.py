@@ -2,12 +2,16 @@
 
 :class:`PolicyHolder` keeps the current :class:`Policy`. At most every ``interval`` seconds
 (or when asked) it compares the files' names, sizes and modification times with what it
-saw last; when they differ it reads one snapshot of the bytes, and when those differ from
+saw last. A change is taken up once the files have stayed as they are for one more look:
+a file still being written in place can be valid YAML that grants more (a member rule cut
+off before its ``valid_until`` or ``rota`` holds for ever), so it is never read while it
+is still changing. Then it reads one snapshot of the bytes, and when those differ from
 the policy in use it checks them exactly as ``idbroker policy check`` does. A policy that
 passes replaces the old one in a single reference swap (readers see the old or the new
 policy, never a mix); one that fails is refused, logged at ERROR with every problem (once
-per broken version), and the old policy stays in force. Write files atomically (write,
-then rename) so that a half-written file is never even considered.
+per broken version), audited, and the old policy stays in force. Writing files atomically
+(write, then rename) is still the way to deploy: a writer that stalls for a whole interval
+half-way through a file would otherwise be read.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class PolicyHolder:
         self._policy: Policy = report.policy
         self._version = _version(snapshot[0])
         self._fingerprint = fingerprint
+        #: A change seen at the last look, taken up if the files are still so at the next.
+        self._settling: Fingerprint | None = None
         self._refused_version: str | None = None
         self._problems: tuple[Problem, ...] = ()
         self._next_check = clock() + interval
@@ -108,10 +114,14 @@ class PolicyHolder:
         """
         if not self._lock.acquire(blocking=force):
             return False
+        version: str | None = None
         try:
             self._next_check = self._clock() + self.interval
             fingerprint = _fingerprint(self.directory)
             if fingerprint == self._fingerprint and not force:
+                return False
+            if fingerprint != self._settling and not force:
+                self._settling = fingerprint  # still being written? look again next time
                 return False
             snapshot = read_policy_files(self.directory)
             version = _version(snapshot[0])
@@ -139,9 +149,15 @@ class PolicyHolder:
                               len(report.policy.clients))
             self._tell(previous, version, 0)
             return True
-        except Exception:
+        except Exception as exc:
             self._log.exception("policy NOT reloaded: %s could not be checked; still enforcing version %s",
                                 self.directory, self._version)
+            # Refused like a policy with problems: kept in refused_problems and audited.
+            self._refused_version = version
+            self._problems = (Problem(str(self.directory), None,
+                                      f"the policy could not be checked ({type(exc).__name__})",
+                                      "see the broker's log; run idbroker policy check"),)
+            self._tell(self._version, version or "unreadable", 1)
             return False
         finally:
             self._lock.release()

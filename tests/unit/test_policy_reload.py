@@ -47,7 +47,7 @@ def rename_team(policies: Path) -> None:
     write(teams, teams.read_text().replace("Wijkteam Utrecht-Binnenstad", "Wijkteam Binnenstad"))
 
 
-def test_a_valid_change_is_put_in_force_after_the_interval(policies: Path) -> None:
+def test_a_valid_change_is_put_in_force_once_it_has_stayed_for_an_interval(policies: Path) -> None:
     clock = Clock()
     holder = PolicyHolder(policies, interval=5, environ={}, clock=clock)
     first, version = holder.current(), holder.version
@@ -55,6 +55,8 @@ def test_a_valid_change_is_put_in_force_after_the_interval(policies: Path) -> No
     clock.now += 4
     assert holder.current() is first  # not looked at yet
     clock.now += 1
+    assert holder.current() is first  # seen changed: still being written?
+    clock.now += 5
     second = holder.current()
     assert second is not first and holder.version != version
     assert second.teams["politie-wijkteam-binnenstad"].name == "Wijkteam Binnenstad"
@@ -71,6 +73,8 @@ def test_a_broken_change_keeps_the_old_policy_and_is_logged_at_error_once(
                                            "          zvh-gastportaal: ["))
     write(policies / "rotas.yaml", (policies / "rotas.yaml").read_text().replace('"08:00"}', '"8 uur"}', 1))
     caplog.set_level(logging.INFO, logger="idbroker.policy")
+    clock.now += 1
+    holder.current()  # seen changed
     clock.now += 1
     assert holder.current() is good and holder.version == version
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
@@ -91,6 +95,8 @@ def test_a_broken_change_keeps_the_old_policy_and_is_logged_at_error_once(
     write(policies / "rotas.yaml", (REPO / "policies" / "rotas.yaml").read_text())
     write(teams, (REPO / "policies" / "teams-woonstichting-domstad.yaml").read_text())
     rename_team(policies)
+    clock.now += 1
+    holder.current()
     clock.now += 1
     assert holder.current() is not good and holder.refused_problems == ()
     assert any(r.levelno == logging.WARNING and "policy reloaded" in r.getMessage() for r in caplog.records)
@@ -168,3 +174,41 @@ def test_a_background_watcher_reloads_without_any_request(policies: Path) -> Non
         assert holder.current().teams["politie-wijkteam-binnenstad"].name == "Wijkteam Binnenstad"
     finally:
         holder.stop()
+
+
+def test_a_file_still_being_written_is_not_read(policies: Path) -> None:
+    """Copied in place (not renamed), a teams file can be cut off after a member rule's
+    ``subjects:``: valid YAML whose rule then holds for ever and round the clock. A change is
+    read only once it has stayed for a whole interval, so the finished file is what counts."""
+    clock = Clock()
+    holder = PolicyHolder(policies, interval=5, environ={}, clock=clock)
+    first = holder.current()
+    teams = policies / "teams-om.yaml"
+    full = teams.read_bytes()
+    rule = b"      - subjects: [om-2310, om-2417]\n"
+    teams.write_bytes(full[:full.index(rule) + len(rule)])  # the writer is half-way
+    clock.now += 5
+    assert holder.current() is first
+    teams.write_bytes(full.replace(b"Parket Midden-Nederland piket", b"Piket"))  # ... and done
+    clock.now += 5
+    assert holder.current() is first  # changed again since the last look
+    clock.now += 5
+    finished = holder.current()
+    assert finished is not first and finished.teams["om-parket-piket"].name == "Piket"
+    member = finished.teams["om-parket-piket"].members[1]
+    assert member.valid_until is not None and member.rota == "avond-nacht-weekend"
+
+
+def test_a_policy_that_cannot_even_be_checked_is_refused_and_told(
+        policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker's own failure keeps the old policy, like a policy with problems, and the
+    listener (the broker's audit trail) hears of it."""
+    told: list[tuple[str, str, int]] = []
+    holder = PolicyHolder(policies, interval=5, environ={}, listener=lambda *args: told.append(args))
+    good, version = holder.current(), holder.version
+    rename_team(policies)
+    monkeypatch.setattr("idbroker.policy.reload.check_policy", lambda *args, **kwargs: 1 / 0)
+    assert holder.refresh(force=True) is False
+    assert holder.current() is good and holder.version == version
+    assert len(told) == 1 and told[0][0] == version and told[0][2] == 1
+    assert "could not be checked (ZeroDivisionError)" in str(holder.refused_problems[0])
