@@ -15,6 +15,7 @@ from typing import Any
 from idbroker.policy.evaluate import CompiledRole, Decision, PersonFacts, UnknownClient
 from idbroker.policy.model import Policy
 from idbroker.policy.rota import AMSTERDAM, describe_minute, minute_of_week
+from idbroker.upstream.base import UpstreamError, UpstreamIdentity, mapped_attributes
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,13 @@ def person_from_claims(policy: Policy, claims: Mapping[str, Any],
     subject = claims.get(subject_claim) or claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise ValueError(f"the claims have no subject ('{subject_claim}')")
-    attributes = {field: claims[source] for field, source in mapping.fields().items() if source in claims}
-    groups = attributes.get("groups") or ()
-    if isinstance(groups, str):
-        groups = (groups,)
-    email = attributes.get("email")
-    return PersonFacts(organisation=org_id, subject=subject, email=email if isinstance(email, str) else None,
-                       groups=frozenset(str(group) for group in groups), attributes=attributes)
+    try:  # the connectors' own reading: a group 4711 is "4711", a group 47.5 refuses the login
+        attributes = mapped_attributes({field: claims[source] for field, source in mapping.fields().items()
+                                        if source in claims})
+    except UpstreamError as refused:
+        raise ValueError(f"a login with these claims is refused: {refused.detail}") from None
+    return PersonFacts.from_identity(UpstreamIdentity(organisation=org_id, issuer="", subject=subject,
+                                                      attributes=attributes))
 
 
 #: Protocol claims that never describe the person; not worth a note when unmapped.

@@ -15,6 +15,7 @@ from idbroker.cli import main
 from idbroker.policy import PersonFacts, load_policy
 from idbroker.policy.diff import diff_policies
 from idbroker.policy.explain import explain, person_from_claims
+from idbroker.upstream.base import UpstreamIdentity, mapped_attributes
 
 REPO = Path(__file__).resolve().parents[2]
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -117,11 +118,28 @@ def test_explain_from_upstream_claims_uses_the_idps_attribute_mapping(
     (["--claims", '{"sub": "x", "organisation": "ggz-centraal"}', "--client", "zvh-casus",
       "--at", "gisteren"], "--at: 'gisteren' is not a date"),
     (["--person", "/nonexistent/person.yaml", "--client", "zvh-casus"], "No such file or directory"),
+    (["--claims", '{"sub": "x", "organisation": "politie-midden-nederland", "groups": [4.5]}',
+      "--client", "zvh-casus"],
+     "a login with these claims is refused: the mapped attribute 'groups' is not text"),
 ])
 def test_explain_refuses_bad_input_with_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                message: str) -> None:
     code, _, err = run(capsys, "explain", "--dir", str(REPO / "policies"), *argv)
     assert code == 2 and message in err
+
+
+def test_explain_reads_claims_as_a_login_does() -> None:
+    """A group sent as a JSON number is its decimal text for both (explain used to match it
+    where the login did not)."""
+    policy = load_policy(REPO / "policies", environ={})
+    claims = {"sub": "p-1", "organisation": "politie-midden-nederland",
+              "groups": [4711, "wijkteam-binnenstad"]}
+    person = person_from_claims(policy, claims)
+    login = PersonFacts.from_identity(UpstreamIdentity(
+        organisation="politie-midden-nederland", issuer="https://idp.example", subject="p-1",
+        attributes=mapped_attributes({"groups": claims["groups"]})))
+    assert person.groups == login.groups == frozenset({"4711", "wijkteam-binnenstad"})
+    assert person.attributes == login.attributes
 
 
 def test_explain_api_lists_granted_and_missing() -> None:
