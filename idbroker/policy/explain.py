@@ -131,8 +131,8 @@ def explain(policy: Policy, person: PersonFacts, client_id: str, now: datetime) 
             lines.append(f"  {team.team}  {team.team_name}{_at(policy.sources.get(f'teams/{team.team}'))}")
             for rule in team.rules:
                 lines.append(f"    member by rule #{rule.index + 1}: {rule.description}{_at(rule.source)}")
-            lines.append(f"    roles: {', '.join(team.roles) or 'none'}; acting for this team, "
-                         f"{client.id} needs level {team.required_level.name.lower()}")
+            lines.append(f"    roles: {', '.join(team.roles) or 'none'}; acting for this team, everything "
+                         f"they grant on {client.id} needs level {team.required_level.name.lower()}")
     else:
         lines.append("teams now: none")
     if decision.inactive:

@@ -38,7 +38,8 @@ class Expectation(StrictModel):
     does_not_get: tuple[str, ...] = ()
     #: Exactly these teams now (order does not matter).
     teams: tuple[str, ...] | None = None
-    #: The level the broker must require (of the team when ``team`` is set).
+    #: The level everything granted on the client needs (of the team when ``team`` is set): a
+    #: login that asks for fewer scopes needs only the level of the roles granting those.
     level: LevelName | None = None
 
     @field_validator("at")
