@@ -124,7 +124,7 @@ def _acr_claim_request(claims_param: Mapping[str, Any] | str | None) -> Mapping[
     if isinstance(claims_param, str):
         try:
             claims_param = json.loads(claims_param)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." thousands deep
             raise RequestError("the claims parameter is not JSON") from exc
     if not isinstance(claims_param, Mapping):
         raise RequestError("the claims parameter must be a JSON object")

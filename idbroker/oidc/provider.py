@@ -243,7 +243,7 @@ class ClientKeys:
             reply = requests.get(client.jwks_uri, timeout=self._timeout)
             reply.raise_for_status()
             keys = KeySet.import_key_set(reply.json())
-        except (requests.RequestException, ValueError, JoseError) as exc:
+        except (requests.RequestException, ValueError, RecursionError, JoseError) as exc:
             if cached:
                 return cached[1]
             raise InvalidClientError(description="The client's jwks_uri could not be read.") from exc
@@ -283,6 +283,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
     def get_audiences(self) -> list[str]:
         return [self.provider.issuer, self.provider.endpoint("token"), self.provider.endpoint("introspect"),
                 self.provider.endpoint("revoke")]
+
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """authlib's, but a payload nested thousands deep (``json.loads`` raises RecursionError,
+        which is no ValueError) is an invalid assertion too, not a 500."""
+        try:
+            headers, claims = super().extract_assertion(assertion)
+        except RecursionError as exc:
+            raise InvalidClientError(description="Invalid JWT payload.") from exc
+        return headers, claims
 
     def process_assertion_claims(self, assertion: str, resolve_key: KeySet) -> dict[str, Any]:
         """Verify under the one key the ``kid`` names and that key's own algorithm.
@@ -393,7 +402,7 @@ def _jws_header(token: str) -> dict[str, Any]:
 def _jws_claims(token: str) -> dict[str, Any]:
     try:
         return dict(json.loads(read_compact(token)[0].payload))
-    except (ValueError, TypeError) as exc:  # TokenInvalid is a ValueError
+    except (ValueError, TypeError, RecursionError) as exc:  # TokenInvalid is a ValueError; nested too deep
         raise InvalidClientError(description="Invalid JWT assertion.") from exc
 
 

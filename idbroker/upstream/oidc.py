@@ -192,7 +192,7 @@ class OidcConnector:
             raise UpstreamError("invalid", "userinfo is not a JSON object")
         try:
             answer = reply.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UpstreamError("invalid", "userinfo is not a JSON object") from exc
         if not isinstance(answer, dict):
             raise UpstreamError("invalid", "userinfo is not a JSON object")
@@ -240,7 +240,7 @@ class OidcConnector:
             reply = requests.get(url, timeout=self._timeout, headers={"Accept": "application/json"})
             reply.raise_for_status()
             data = reply.json()
-        except (requests.RequestException, ValueError) as exc:
+        except (requests.RequestException, ValueError, RecursionError) as exc:
             raise UpstreamError("unreachable", f"{url}: {type(exc).__name__}") from exc
         if not isinstance(data, dict):
             raise UpstreamError("invalid", f"{url}: not a JSON object")

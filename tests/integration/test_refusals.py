@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -131,7 +132,7 @@ def test_replayed_client_assertion_is_refused(chain: Chain) -> None:
                                      "hs256_with_public_key", "lives_too_long", "no_jti",
                                      "unknown_kid", "made_to_live_an_hour", "exp_not_a_float",
                                      "exp_far_away", "exp_nan", "iat_nan", "exp_text",
-                                     "audience_list_with_another"])
+                                     "audience_list_with_another", "payload_nested_too_deep"])
 def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
     query, req, _ = chain.login()
     now = int(time.time())
@@ -157,6 +158,10 @@ def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
         assertion = chain.assertion(aud=["https://other.example/token", f"{chain.base}/token"])
     elif problem == "no_jti":
         assertion = chain.assertion(jti=None)
+    elif problem == "payload_nested_too_deep":  # json.loads raises RecursionError, no ValueError
+        header = base64.urlsafe_b64encode(json.dumps({"alg": "ES256", "kid": chain.rp_key.kid}).encode())
+        payload = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000)
+        assertion = f"{header.decode().rstrip('=')}.{payload.decode().rstrip('=')}.c2ln"
     elif problem == "unknown_kid":
         assertion = jwt.encode({"alg": "ES256", "kid": "not-registered"},
                                {"iss": chain.rp_id, "sub": chain.rp_id, "aud": f"{chain.base}/token",
@@ -172,8 +177,6 @@ def test_bad_client_assertion_is_refused(chain: Chain, problem: str) -> None:
 
 
 def _unsigned(header: dict, claims: dict) -> str:
-    import json
-
     def b64(data: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 

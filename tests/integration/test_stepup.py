@@ -169,7 +169,8 @@ def test_essential_acr_in_the_claims_parameter_is_met_with_a_listed_value(chain:
 
 
 @pytest.mark.parametrize("claims", ["not json", "[1, 2]", '{"id_token": "acr"}',
-                                    '{"id_token": {"acr": {"values": "x"}}}'])
+                                    '{"id_token": {"acr": {"values": "x"}}}', "[" * 5000 + "]" * 5000],
+                         ids=["not json", "list", "id_token text", "values text", "nested too deep"])
 def test_claims_parameter_garbage_is_invalid_request(chain: Chain, claims: str) -> None:
     query, _, _ = chain.login(person(6), claims=claims)
     assert query["error"] == ["invalid_request"], query
