@@ -34,18 +34,24 @@ class TrustedProxies:
         self.direct = app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if self._trusted(environ.get("REMOTE_ADDR", "")):
+        peer = _unmapped(environ.get("REMOTE_ADDR", ""))
+        if peer is not None:
+            environ["REMOTE_ADDR"] = str(peer)  # the trail and rate limits see one form of it
+        if peer is not None and any(peer in network for network in self.networks):
             return self.behind_proxy(environ, start_response)
         for name in self._FORWARDED:
             environ.pop(name, None)
         return self.direct(environ, start_response)
 
-    def _trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
+
+def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's address; an IPv4 peer of a dual-stack socket (``[::]``) is seen as
+    ``::ffff:10.0.0.7``, which is the IPv4 address (and matches the IPv4 proxy networks)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None) or ip
 
 
 def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:

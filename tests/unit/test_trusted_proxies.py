@@ -27,3 +27,15 @@ def test_forwarded_headers_from_anyone_else_are_dropped() -> None:
         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
         "X-Forwarded-For": "10.0.0.1"})
     assert reply.text == "http localhost 192.0.2.9"
+
+
+def test_an_ipv4_proxy_on_a_dual_stack_socket_is_trusted() -> None:
+    """Bound to ``[::]``, the server sees the IPv4 proxy as ``::ffff:10.0.0.7``: still the proxy
+    (its forwarded client counts), and a direct IPv4 peer is named in its IPv4 form."""
+    client = Client(TrustedProxies(echo, ("10.0.0.0/24",)))
+    reply = client.get("/", environ_base={"REMOTE_ADDR": "::ffff:10.0.0.7"}, headers={
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "broker.example", "X-Forwarded-For": "192.0.2.1"})
+    assert reply.text == "https broker.example 192.0.2.1"
+    direct = client.get("/", environ_base={"REMOTE_ADDR": "::ffff:192.0.2.9"},
+                        headers={"X-Forwarded-For": "10.0.0.1"})
+    assert direct.text == "http localhost 192.0.2.9"
