@@ -27,9 +27,9 @@ from idbroker.oidc.provider import (
     CLIENT_ASSERTION_ALGORITHMS,
     CLIENT_AUTH_METHODS,
     GRANT_TYPES,
-    SCOPE_CLAIMS,
     SUPPORTED_SCOPES,
 )
+from idbroker.policy.model import CLAIM_SCOPES
 from idbroker.stepup.service import max_age
 from idbroker.store import secret_key
 from idbroker.web import (
@@ -134,8 +134,10 @@ def discovery() -> Response:
         "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "acr", "amr",
-                             *sorted({c for claims in SCOPE_CLAIMS.values() for c in claims})],
+        # Every claim a token may carry: the protocol's, and all a client's ``claims:`` may list
+        # (organisation, team, roles, person, and the profile and e-mail claims).
+        "claims_supported": list(dict.fromkeys(["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce",
+                                                "sid", "acr", "amr", *sorted(CLAIM_SCOPES)])),
         "claims_parameter_supported": True,
         "acr_values_supported": [level.acr for level in Level],
         "request_parameter_supported": False,

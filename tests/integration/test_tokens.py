@@ -668,6 +668,17 @@ def test_discovery_names_the_new_endpoints_and_grants(chain: Chain) -> None:
     assert oauth.status_code == 200 and oauth.json() == metadata
 
 
+def test_discovery_lists_every_claim_the_id_token_and_userinfo_carry(chain: Chain) -> None:
+    """OIDC Discovery §3 claims_supported: organisation, team and roles were left out."""
+    metadata = requests.get(f"{chain.base}/.well-known/openid-configuration", timeout=5).json()
+    body = _roles_login(chain, 62, scope="openid profile roles.agenda")
+    userinfo = requests.get(f"{chain.base}/userinfo", timeout=5,
+                            headers={"Authorization": f"Bearer {body['access_token']}"}).json()
+    carried = set(_claims(body["id_token"])) | set(userinfo)
+    assert {"organisation", "team", "roles"} <= carried
+    assert carried - {"azp", "at_hash", "c_hash", "jti", "nbf"} <= set(metadata["claims_supported"])
+
+
 def test_the_readmes_resource_server_example_works_with_pyjwt(chain: Chain) -> None:
     """The README's few lines of PyJWT accept a substantial token for their audience and
     answer a low one with the RFC 9470 challenge."""
