@@ -58,6 +58,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
     # authlib logs issued tokens at DEBUG: never let them reach a log.
     logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
     app = Flask(__name__)
+    # "//authorize" is no route, not a 308 to an absolute URL built from the Host header.
+    app.url_map.merge_slashes = False
     app.config.update(
         # Room for a SAML Response with a long group list; anything larger is refused unread.
         MAX_CONTENT_LENGTH=320 * 1024,

@@ -386,3 +386,15 @@ def test_expired_code_is_refused(quick_code_chain: Chain) -> None:
     time.sleep(1.5)
     reply = quick_code_chain.redeem(query["code"][0], req["verifier"])
     assert reply.status_code == 400 and reply.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("path", ["//authorize", "/login//x", "//jwks.json", "/saml//x//metadata",
+                                  "/.well-known//openid-configuration", "/static//style.css",
+                                  "/account//factors"])
+def test_no_redirect_is_built_from_the_host_header(chain: Chain, path: str) -> None:
+    """Werkzeug's merging of double slashes answered 308 to http://<Host header>/...: absolute
+    URLs come from the issuer, never from what the client says its host is."""
+    reply = requests.get(chain.base + path, headers={"Host": "evil.example"}, allow_redirects=False,
+                         timeout=5)
+    assert "evil.example" not in reply.headers.get("Location", ""), reply.headers.get("Location")
+    assert reply.status_code != 308 and reply.status_code < 500
