@@ -67,7 +67,9 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> Flask:
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.extensions["idbroker"] = the_broker = broker if broker is not None else Broker(settings)
-    # Fail closed from the start: a broker that cannot write its audit trail does not serve.
+    # Fail closed from the start: a broker that cannot reach its store or write its audit
+    # trail does not serve.
+    the_broker.store.ping()
     the_broker.audit.ping()
     the_broker.provider.audit_context = audit_context
     # The token endpoints answer before Flask (idbroker.oidc.token_endpoints says why), behind

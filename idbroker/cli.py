@@ -10,8 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from idbroker.config import ConfigError, Settings, load_settings
+from idbroker.audit.log import AuditUnavailable
+from idbroker.config import ConfigError, Settings, load_settings, parse_bind
+from idbroker.keys import KeyFileError
 from idbroker.policy import PolicyError, load_policy
+from idbroker.store import StoreUnavailable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return audit_cli.run(settings, args)
         return serve_forever(settings, bind=args.bind, workers=args.workers)
-    except (ConfigError, PolicyError) as error:
+    except (ConfigError, PolicyError, KeyFileError) as error:
+        print(f"idbroker: {error}", file=sys.stderr)
+        return 2
+    except (StoreUnavailable, AuditUnavailable) as error:  # at the start: nothing is served
         print(f"idbroker: {error}", file=sys.stderr)
         return 2
 
@@ -111,12 +117,15 @@ def serve_forever(settings: Settings, *, bind: str | None = None, workers: int |
 
     from idbroker.app import create_app
 
+    try:
+        host, port = parse_bind(bind or settings.server.bind)
+    except ValueError as error:
+        raise ConfigError(f"--bind: {error}") from None
     application = app if app is not None else create_app(settings)
-    host, _, port = (bind or settings.server.bind).rpartition(":")
     server = Granian(
         "idbroker.app:create_app",  # a label only: the loader below hands over the built app
-        address=host.strip("[]") or "127.0.0.1",
-        port=int(port),
+        address=host,
+        port=port,
         interface=Interfaces.WSGI,
         websockets=False,
         workers=workers or settings.server.workers,

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from idbroker.store import check_store_url
 from idbroker.tokens.refresh import IDLE_TIMEOUT as REFRESH_IDLE_LIMIT
 
 ENV_PREFIX = "IDBROKER_"
@@ -32,6 +33,11 @@ class _Section(BaseModel):
 
 class StoreSettings(_Section):
     url: str = "sqlite:///var/idbroker.sqlite3"
+
+    @field_validator("url")
+    @classmethod
+    def _known_url(cls, value: str) -> str:
+        return check_store_url(value)
 
 
 class SessionSettings(_Section):
@@ -79,6 +85,12 @@ class HttpSettings(_Section):
 
 class ServerSettings(_Section):
     bind: str = "127.0.0.1:8080"
+
+    @field_validator("bind")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        parse_bind(value)
+        return value
     workers: int = Field(2, ge=1, le=64, description="worker processes (granian)")
     threads: int = Field(8, ge=1, le=256, description="threads per worker process")
     access_log: bool = Field(True, description="one line per request on stdout (costs ~15% throughput)")
@@ -89,11 +101,25 @@ class AuditSettings(_Section):
     ``*-audit.sqlite3`` file next to a SQLite store, or the store's own Redis."""
 
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_store_url(value)
+
     retention_days: int = Field(1825, ge=1, description="events older than this are pruned")
     checkpoint_every: int = Field(1000, ge=1, description="a signed checkpoint every N events")
     checkpoint_seconds: int = Field(300, ge=1, description="... and at least this often")
     redis_wait_replicas: int = Field(0, ge=0, le=16, description="replicas that must confirm each event")
     redis_wait_timeout_ms: int = Field(100, ge=1, le=10000)
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::]:8080``; no host: 127.0.0.1) as the server binds it."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8080 or [::]:8080)")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def default_audit_url(store_url: str) -> str:

@@ -47,6 +47,28 @@ class TokenInvalid(ValueError):
     """A JWT the broker was given is not one it issued, or no longer valid."""
 
 
+class KeyFileError(ValueError):
+    """A key or secrets file the broker will not use: unreadable, or open to other users."""
+
+
+def _read_private(path: Path) -> dict[str, Any]:
+    """A key file's JSON, only if nobody but its owner can read it and nobody else can
+    replace it (as ssh refuses a private key other users can read)."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise KeyFileError(f"{path} can be read by other users: chmod 600 {path}")
+        if path.parent.stat().st_mode & 0o022:
+            raise KeyFileError(f"{path.parent} can be written by other users: chmod 700 {path.parent}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, KeyFileError):
+            raise
+        raise KeyFileError(f"{path} cannot be read as this broker's key file ({exc})") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f"{path} is not this broker's key file (not a JSON object)")
+    return data
+
+
 def read_compact(token: str) -> tuple[jws.CompactSignature, dict[str, Any]]:
     """A compact JWS parsed once, and its header, which must be a JSON object: joserfc takes
     any JSON value holding ``"alg"`` (``["alg"]`` too) for a header. Anything that is not
@@ -225,7 +247,7 @@ class KeyRing:
     def _load_secrets(self) -> dict[str, str]:
         """Local secrets, one per purpose; a missing one is added, existing ones kept."""
         path = self.directory / _SECRETS_FILE
-        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        current = _read_private(path) if path.exists() else {}
         if all(name in current for name in _SECRET_NAMES):
             return current
         # Two processes starting together must not each add a different secret (a TOTP
@@ -235,7 +257,7 @@ class KeyRing:
         lock = os.open(self.directory, os.O_RDONLY)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            current = _read_private(path) if path.exists() else {}
             missing = [name for name in _SECRET_NAMES if name not in current]
             if missing:
                 current.update({name: secrets.token_hex(32) for name in missing})
@@ -256,8 +278,11 @@ class KeyRing:
         _write_private(path, {"keys": records})
 
     def _read_records(self) -> list[dict[str, Any]]:
-        data = json.loads((self.directory / _SIGNING_FILE).read_text(encoding="utf-8"))
-        return list(data["keys"])
+        path = self.directory / _SIGNING_FILE
+        records = _read_private(path).get("keys")
+        if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+            raise KeyFileError(f"{path} is not this broker's key file (no list of keys)")
+        return records
 
     def _maybe_reload(self, *, throttled: bool = False) -> None:
         """Follow a rotation by another process. ``throttled`` (verifying): look at the file
@@ -279,12 +304,17 @@ class KeyRing:
         mtime = path.stat().st_mtime
         loaded = []
         for record in self._read_records():
-            jwk_data = record["jwk"]
-            alg = jwk_data.get("alg")
-            if alg not in SIGNING_ALGORITHMS:
-                raise ValueError(f"{path}: key {jwk_data.get('kid')} has no supported 'alg'")
-            key = ECKey.import_key(jwk_data) if jwk_data["kty"] == "EC" else RSAKey.import_key(jwk_data)
-            loaded.append(SigningKey(key.kid, alg, record["created_at"], record.get("retired_at"), key))
+            try:
+                jwk_data = record["jwk"]
+                alg = jwk_data.get("alg")
+                if alg not in SIGNING_ALGORITHMS:
+                    raise KeyFileError(f"{path}: key {jwk_data.get('kid')} has no supported 'alg'")
+                key = ECKey.import_key(jwk_data) if jwk_data["kty"] == "EC" else RSAKey.import_key(jwk_data)
+                loaded.append(SigningKey(key.kid, alg, record["created_at"], record.get("retired_at"), key))
+            except (KeyError, TypeError, AttributeError, ValueError, JoseError) as exc:
+                if isinstance(exc, KeyFileError):
+                    raise
+                raise KeyFileError(f"{path}: a key record this broker cannot read ({exc!r})") from None
         public = {"keys": [k.key.as_dict(private=False) | {"alg": k.alg, "use": "sig"} for k in loaded]}
         self._keys, self._by_kid, self._public_jwks = loaded, {k.kid: k for k in loaded}, public
         self._mtime = mtime

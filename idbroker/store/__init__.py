@@ -5,7 +5,7 @@ from __future__ import annotations
 from idbroker.store.base import Spent, Store, StoreUnavailable, secret_key
 from idbroker.store.sqlite import SqliteStore
 
-__all__ = ["Spent", "Store", "StoreUnavailable", "open_store", "secret_key"]
+__all__ = ["Spent", "Store", "StoreUnavailable", "check_store_url", "open_store", "secret_key"]
 
 _SQLITE = "sqlite:///"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
@@ -16,18 +16,25 @@ _ACCEPTED = (
 )
 
 
-def open_store(url: str) -> Store:
-    """The store ``url`` names. Nothing is connected yet: call ``ping()`` to check it."""
+def check_store_url(url: str) -> str:
+    """``url`` if it names a store (or audit log) this broker can open, else ValueError; the
+    settings check it at load, so a wrong one stops the start with its name."""
     if url.startswith(_SQLITE):
-        path = url.removeprefix(_SQLITE)
-        if not path:
-            raise ValueError(f"store URL {_SQLITE} needs a file path; accepted forms: {_ACCEPTED}")
-        return SqliteStore(path)
+        if not url.removeprefix(_SQLITE):
+            raise ValueError(f"{_SQLITE} needs a file path; accepted forms: {_ACCEPTED}")
+        return url
     if url.startswith(_REDIS_SCHEMES):
-        # Imported here so that a SQLite deployment never loads redis-py.
-        from idbroker.store.redis import RedisStore
-
-        return RedisStore(url)
+        return url
     # Only the scheme is echoed: a URL may carry a password.
     scheme = url.partition("://")[0] if "://" in url else "(none)"
-    raise ValueError(f"unsupported store URL scheme {scheme!r}; accepted forms: {_ACCEPTED}")
+    raise ValueError(f"unsupported URL scheme {scheme!r}; accepted forms: {_ACCEPTED}")
+
+
+def open_store(url: str) -> Store:
+    """The store ``url`` names. Nothing is connected yet: call ``ping()`` to check it."""
+    if check_store_url(url).startswith(_SQLITE):
+        return SqliteStore(url.removeprefix(_SQLITE))
+    # Imported here so that a SQLite deployment never loads redis-py.
+    from idbroker.store.redis import RedisStore
+
+    return RedisStore(url)

@@ -41,12 +41,50 @@ def test_environment_overrides_the_file_and_relative_paths_follow_the_file(tmp_p
      "tokens.refresh_token_idle_timeout: must be at most 21600 seconds (6 hours, the NL GOV"),
     ({"IDBROKER_TOKENS__REFRESH_TOKEN_IDLE_TIMEOUT": "0"},
      "tokens.refresh_token_idle_timeout: Input should be greater than 0"),
+    # Once found only when serving (a traceback), or turned into the config directory:
+    ({"IDBROKER_STORE__URL": "mysql://db/idbroker"}, "store.url: unsupported URL scheme 'mysql'"),
+    ({"IDBROKER_STORE__URL": "sqlite:///"}, "store.url: sqlite:/// needs a file path"),
+    ({"IDBROKER_AUDIT__URL": "postgres://x:secret@db/a"}, "audit.url: unsupported URL scheme 'postgres'"),
+    ({"IDBROKER_SERVER__BIND": "nonsense"}, "server.bind: 'nonsense' is not host:port"),
+    ({"IDBROKER_SERVER__BIND": "127.0.0.1:99999"}, "server.bind: '127.0.0.1:99999' is not host:port"),
 ])
 def test_a_bad_setting_is_named(environ: dict, named: str) -> None:
     base = {"IDBROKER_ISSUER": "https://broker.example"}
     with pytest.raises(ConfigError) as error:
         load_settings(environ=base | environ)
     assert named in str(error.value)
+
+
+def test_a_bad_url_names_no_password() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"IDBROKER_ISSUER": "https://broker.example",
+                               "IDBROKER_STORE__URL": "postgres://x:secret@db/a"})
+    assert "secret" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["world_readable", "group_writable_directory", "not_json", "no_keys"])
+def test_a_key_file_the_broker_should_not_use_is_one_clear_line(
+        tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused (as ssh refuses a private key others can read), never used as it is, and
+    never a traceback: 'idbroker keys' and every other command stop with the file named."""
+    from idbroker.cli import main
+
+    config = tmp_path / "idbroker.yaml"
+    config.write_text(f"issuer: https://broker.example\npolicies_dir: {REPO / 'policies'}\n")
+    assert main(["--config", str(config), "keys", "list"]) == 0
+    keys = tmp_path / "keys"
+    if damage == "world_readable":
+        (keys / "signing-keys.json").chmod(0o644)
+    elif damage == "group_writable_directory":
+        keys.chmod(0o770)
+    else:
+        (keys / "signing-keys.json").write_text("{broken" if damage == "not_json" else '{"kees": []}')
+    capsys.readouterr()
+    assert main(["--config", str(config), "keys", "list"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("idbroker: ") and "Traceback" not in error and str(keys) in error
+    if damage == "world_readable":
+        assert f"chmod 600 {keys / 'signing-keys.json'}" in error
 
 
 def test_the_refresh_idle_limit_is_six_hours_unless_set_shorter() -> None:
@@ -127,3 +165,19 @@ def test_non_utf8_and_broken_yaml_are_named(tmp_path: Path) -> None:
     # Each names its file and line (file:line, as editors and CI annotations read it).
     assert "a.yaml:1: not UTF-8" in str(error.value)
     assert re.search(r"b\.yaml:\d+: not valid YAML", str(error.value))
+
+
+def test_a_store_that_cannot_be_reached_stops_the_start(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Not the first request: the app is not built (and `idbroker serve` says why in one line)."""
+    from idbroker.app import create_app
+    from idbroker.cli import main
+    from idbroker.store import StoreUnavailable
+
+    config = tmp_path / "idbroker.yaml"
+    config.write_text(f"issuer: https://broker.example\npolicies_dir: {REPO / 'policies'}\n"
+                      f"store:\n  url: redis://127.0.0.1:1/0\naudit:\n  url: sqlite:///{tmp_path}/audit.sqlite3\n")
+    with pytest.raises(StoreUnavailable):
+        create_app(load_settings(config))
+    assert main(["--config", str(config), "serve"]) == 2
+    assert capsys.readouterr().err.startswith("idbroker: Redis store is unavailable")

@@ -57,6 +57,7 @@ def test_a_lifetime_out_of_bounds_is_refused(config: Path, capsys: pytest.Captur
 
 def test_factor_key_is_added_to_an_existing_secrets_file(tmp_path: Path) -> None:
     (tmp_path / "secrets.json").write_text(json.dumps({"subject_salt": "s" * 64, "csrf_key": "c" * 64}))
+    (tmp_path / "secrets.json").chmod(0o600)
     ring = KeyRing(tmp_path)
     assert ring.secrets["subject_salt"] == "s" * 64 and ring.secrets["csrf_key"] == "c" * 64
     assert len(ring.secrets["factor_key"]) == 64
