@@ -72,7 +72,14 @@ _UNAVAILABLE = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,  # talking to a replica during a failover
     redis_errors.OutOfMemoryError,  # maxmemory reached: nothing can be written
+    redis_errors.NoPermissionError,  # an ACL that does not let the broker's user write
+    redis_errors.MasterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
 )
+#: Error replies that redis-py leaves a plain ResponseError but that say the server cannot
+#: take writes now (MISCONF: its last snapshot to disk failed, so it refuses writes).
+_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "NOREPLICAS")
 
 
 @dataclass(frozen=True)
@@ -262,3 +269,7 @@ def _available() -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"Redis store is unavailable: {exc}") from exc
+    except redis_errors.ResponseError as exc:
+        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            raise StoreUnavailable(f"Redis store is unavailable: {exc}") from exc
+        raise

@@ -580,3 +580,30 @@ def test_sqlite_get_many_looks_up_by_primary_key_not_by_scanning(tmp_path: Path)
         assert any("PRIMARY KEY" in detail for detail in details), details
     finally:
         store.close()
+
+
+@pytest.mark.redis
+def test_a_redis_that_refuses_writes_is_unavailable(tmp_path: Path) -> None:
+    """MISCONF (its last snapshot to disk failed, so it refuses writes) is a plain error reply
+    to redis-py; it used to reach every endpoint as a 500 instead of 503 temporarily_unavailable."""
+    from redis import Redis
+
+    from idbroker.store.redis import RedisStore
+    from tests.support.redis_server import running_redis_server
+
+    # Snapshots into /proc, where nothing can be written, and with a save point: writes stop.
+    with running_redis_server(tmp_path, "--dir", "/proc", "--save", "3600 1") as url:
+        admin = Redis.from_url(url)
+        admin.bgsave()
+        deadline = time.monotonic() + 10
+        while admin.info("persistence")["rdb_last_bgsave_status"] != "err":
+            assert time.monotonic() < deadline, "the snapshot did not fail"
+            time.sleep(0.05)
+        admin.close()
+        store = RedisStore(url)
+        try:
+            for write in (OPERATIONS["put"], OPERATIONS["swap (spent)"], OPERATIONS["incr"]):
+                with pytest.raises(StoreUnavailable, match="MISCONF"):
+                    write(store)
+        finally:
+            store.close()

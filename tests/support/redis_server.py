@@ -28,14 +28,15 @@ def require_redis_server() -> str:
 
 
 @contextmanager
-def running_redis_server(tmp_path: Path) -> Iterator[str]:
-    """Run ``redis-server`` on a free loopback port without persistence; yield its URL."""
+def running_redis_server(tmp_path: Path, *extra: str) -> Iterator[str]:
+    """Run ``redis-server`` on a free loopback port without persistence; yield its URL.
+    ``extra``: more configuration arguments, after (and so over) the defaults."""
     binary = require_redis_server()
     for _ in range(_START_ATTEMPTS):  # another process may grab the free port first
         port = _free_port()
         log = tmp_path / f"redis-{port}.log"
         args = [binary, "--port", str(port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--logfile", str(log)]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--logfile", str(log), *extra]
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
