@@ -104,10 +104,14 @@ def check_namespace(namespace: str) -> None:
 
 
 def encode_value(value: Mapping[str, Any]) -> str:
-    """JSON text of ``value``; raises TypeError/ValueError before anything is written."""
+    """JSON text of ``value``; raises TypeError/ValueError before anything is written (also
+    for a lone surrogate such as "\\ud800", which JSON reads but UTF-8 cannot hold: found
+    only in a SQLite batch, it failed every other write committed with it)."""
     if not isinstance(value, Mapping):
         raise TypeError(f"store values are JSON objects, not {type(value).__name__}")
-    return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text.encode("utf-8")  # UnicodeEncodeError is a ValueError
+    return text
 
 
 def decode_value(text: str | bytes) -> dict[str, Any]:

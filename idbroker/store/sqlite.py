@@ -235,9 +235,10 @@ class SqliteStore:
                 for ticket in batch:
                     try:
                         outcomes.append((True, ticket.work(db)))
-                    except sqlite3.ProgrammingError as exc:
-                        # Misuse of the API (e.g. a key that is not a str): a bug in that
-                        # caller, refused before SQLite ran anything, not an outage.
+                    except (sqlite3.ProgrammingError, UnicodeEncodeError) as exc:
+                        # Misuse of the API (a key that is not a str, or not UTF-8): a bug
+                        # in that caller, refused before SQLite ran its statement, not an
+                        # outage of the others in the batch.
                         outcomes.append((False, exc))
                 self._maybe_purge(db)
         except (sqlite3.DatabaseError, OSError) as exc:

@@ -49,6 +49,15 @@ class UpstreamIdentity:
         )
 
 
+def _utf8(text: str) -> bool:
+    """False for a lone surrogate ("\\ud800" in JSON), which no store or page can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class UpstreamError(Exception):
     """The organisation's IdP could not log the person in.
 
@@ -81,7 +90,7 @@ def mapped_attributes(found: Mapping[str, Any]) -> dict[str, Any]:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value
+        return value if value.isascii() or _utf8(value) else None
     if isinstance(value, int) and -10**18 < value < 10**18:  # bool too (str(True), as before)
         return str(value)
     return None

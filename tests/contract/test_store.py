@@ -6,6 +6,7 @@ TTLs and sleep a little past them, so the whole file stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import stat
@@ -607,3 +608,43 @@ def test_a_redis_that_refuses_writes_is_unavailable(tmp_path: Path) -> None:
                     write(store)
         finally:
             store.close()
+
+
+def test_a_value_that_is_no_utf8_is_refused_before_it_is_queued(store: Store) -> None:
+    """A lone surrogate (JSON's "\\ud800") is the caller's ValueError on every backend; on
+    SQLite it used to fail, as an outage, every other write committed in the same batch."""
+    with pytest.raises(ValueError) as refused:
+        store.put(NS, "k", {"v": "\ud800"}, 60)
+    assert not isinstance(refused.value, StoreUnavailable)
+    assert store.get(NS, "k") is None
+
+
+def test_one_bad_write_does_not_fail_the_others_of_its_batch(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    store.ping()
+    failed: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def good(worker: int) -> None:
+        start.wait()
+        for n in range(30):
+            try:
+                store.put(NS, f"{worker}-{n}", {"v": "fine"}, 60)
+            except StoreUnavailable as error:
+                failed.append(error)
+
+    def bad() -> None:
+        start.wait()
+        for n in range(30):
+            with contextlib.suppress(UnicodeEncodeError, StoreUnavailable):  # a key no UTF-8 holds
+                store._write(lambda db, n=n: db.execute(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?)", (NS, f"bad-{n}\ud800", "{}", None)))
+
+    threads = [threading.Thread(target=good, args=(worker,)) for worker in range(15)]
+    threads.append(threading.Thread(target=bad))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert not failed, failed[:2]

@@ -121,6 +121,9 @@ def test_explain_from_upstream_claims_uses_the_idps_attribute_mapping(
     (["--claims", '{"sub": "x", "organisation": "politie-midden-nederland", "groups": [4.5]}',
       "--client", "zvh-casus"],
      "a login with these claims is refused: the mapped attribute 'groups' is not text"),
+    (["--claims", '{"sub": "x", "organisation": "politie-midden-nederland", "groups": ["\\ud800"]}',
+      "--client", "zvh-casus"],  # a lone surrogate: JSON reads it, no store or page can hold it
+     "a login with these claims is refused: the mapped attribute 'groups' is not text"),
 ])
 def test_explain_refuses_bad_input_with_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                message: str) -> None:
