@@ -172,6 +172,7 @@ class TokenEndpoints:
         try:
             request = FormRequest(_request_uri(environ), _headers(environ), payload)
         except OAuth2Error as error:  # insecure_transport: http to a host that is not local
+            self._record_refusal(error.error or "invalid_request", endpoint, None, payload)
             return error()
         refused = _refuse_repeated(payload)
         if endpoint == "token":
@@ -180,17 +181,17 @@ class TokenEndpoints:
             status, answer, headers = refused or self.server.create_endpoint_response(endpoint, request)
         if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
             error = answer.get("error") if isinstance(answer, dict) else None
-            self._record_refusal(error if isinstance(error, str) else "invalid_request", endpoint, request,
-                                 payload)
+            self._record_refusal(error if isinstance(error, str) else "invalid_request", endpoint,
+                                 request.authenticated_client, payload)
         return status, answer, headers
 
-    def _record_refusal(self, reason: str, endpoint: str, request: FormRequest, payload: FormPayload) -> None:
+    def _record_refusal(self, reason: str, endpoint: str, client: Any, payload: FormPayload) -> None:
         """The refusal, under the client only once it authenticated: a ``client_id`` that anyone
         can type (in the form, or as a forged assertion's ``sub``) is kept as
         ``claimed_client_id`` (by its hash if the policy has no such client), so no caller can
         fill another client's trail (``audit export --client``) with refusals. At ``/introspect``
-        and ``/revoke`` too: credentials guessed there leave the same trace as at ``/token``."""
-        client = request.authenticated_client
+        and ``/revoke`` too: credentials guessed there leave the same trace as at ``/token``.
+        ``client``: the one that authenticated, if any."""
         detail = sent_value_detail("grant_type", payload.data.get("grant_type"), GRANT_TYPES) \
             if endpoint == "token" else {"endpoint": endpoint}
         claimed = payload.data.get("client_id")

@@ -742,10 +742,16 @@ def test_token_parameters_count_only_in_the_body(chain: Chain) -> None:
 
 def test_token_endpoints_refuse_plain_http_to_a_public_host(chain: Chain) -> None:
     """authlib's transport check: http is for loopback only (behind a TLS proxy, configure
-    http.trusted_proxies so the broker sees https)."""
-    reply = requests.post(f"{chain.base}/token", data={"grant_type": "refresh_token", "refresh_token": "x"},
+    http.trusted_proxies so the broker sees https). Recorded like every other refusal."""
+    before = chain.broker.audit.head().seq
+    reply = requests.post(f"{chain.base}/token", data={"grant_type": "refresh_token", "refresh_token": "x",
+                                                       "client_id": ROLES_CLIENT},
                           headers={"Host": "idbroker.keten.example"}, timeout=5)
     _assert_json_answer(reply, 400, "insecure_transport")
+    refused = [r.event for r in records(chain.broker.audit) if r.seq > before]
+    assert [(e["type"], e["reason"], e.get("client")) for e in refused] == [
+        ("refusal", "insecure_transport", None)]  # the client_id anyone can type is not the client
+    assert refused[0]["detail"]["claimed_client_id"] == ROLES_CLIENT
 
 
 def test_token_endpoint_refusals_carry_the_callers_request_id_and_address(chain: Chain) -> None:
