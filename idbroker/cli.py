@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy_cli.add_policy_commands(commands)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         if args.command == "demo":
             from idbroker.demo.launcher import run_demo
@@ -80,6 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreUnavailable, AuditUnavailable) as error:  # at the start: nothing is served
         print(f"idbroker: {error}", file=sys.stderr)
         return 2
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+#: Control characters as Python writes them in a string: one log record stays one line.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7f) if code != 0x09} | {
+    0x0a: "\\n", 0x0d: "\\r"}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record on one line: a CR or LF in what it names (a URL path, an IdP's error
+    text) is written escaped, so no request can add a line of its own to the log (the access
+    log's too). A traceback, added after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPES)
 
 
 def _keys(settings: Settings, command: str) -> int:
@@ -132,6 +149,9 @@ def serve_forever(settings: Settings, *, bind: str | None = None, workers: int |
         blocking_threads=settings.server.threads,
         respawn_failed_workers=True,
         log_access=settings.server.access_log,
+        log_dictconfig={"formatters": {  # granian's own two formats, one line per record
+            "generic": {"()": OneLineFormatter, "fmt": "[%(levelname)s] %(message)s"},
+            "access": {"()": OneLineFormatter, "fmt": "%(message)s"}}},
         # The path only: query strings carry codes.
         log_access_format='%(addr)s "%(method)s %(path)s" %(status)d %(dt_ms).1fms',
     )

@@ -51,6 +51,9 @@ def test_serve_runs_on_granian_with_generated_private_keys(tmp_path: Path) -> No
         assert reply.headers.get("Server") == "granian"
         # The access log names the path, never the query string (it may carry a code).
         requests.get(f"http://127.0.0.1:{port}/authorize?client_id=x&code=leak-me", timeout=5)
+        # A CR/LF in the path adds no line of its own, to the access log or the broker's.
+        requests.get(f"http://127.0.0.1:{port}/x%0A10.9.9.9%20%22POST%20/token%22%20200", timeout=5)
+        requests.get(f"http://127.0.0.1:{port}/upstream/x%0Dforged%20WARNING/callback?state=s", timeout=5)
         for path in (tmp_path / "keys").iterdir():
             assert path.stat().st_mode & 0o077 == 0
     finally:
@@ -59,6 +62,9 @@ def test_serve_runs_on_granian_with_generated_private_keys(tmp_path: Path) -> No
     assert "Spawning worker-2" in output
     assert '"GET /authorize" 400' in output
     assert "leak-me" not in output
+    assert '"GET /x\\n10.9.9.9 "POST /token" 200" 404' in output  # escaped: one line
+    lines = output.replace("\r", "\n").splitlines()
+    assert not any(line.startswith(("10.9.9.9", "forged")) for line in lines)
 
 
 def test_start_is_refused_for_a_bad_setting(tmp_path: Path) -> None:
