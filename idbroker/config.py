@@ -42,8 +42,10 @@ class StoreSettings(_Section):
 
 class SessionSettings(_Section):
     idle_timeout: int = Field(1800, ge=60, description="seconds without activity")
-    absolute_timeout: int = Field(36000, ge=300, description="seconds after login")
-    login_timeout: int = Field(900, ge=60, description="seconds to finish one login")
+    # Bounded: each is a store entry's lifetime too, and a login is a working day, not a year
+    # (a ttl of 1e16 s was a Redis error at every login).
+    absolute_timeout: int = Field(36000, ge=300, le=7 * 24 * 3600, description="seconds after login")
+    login_timeout: int = Field(900, ge=60, le=3600, description="seconds to finish one login")
     cookie_secure: Literal["auto", "always", "never"] = "auto"
 
     @model_validator(mode="after")

@@ -47,6 +47,8 @@ def test_environment_overrides_the_file_and_relative_paths_follow_the_file(tmp_p
     ({"IDBROKER_AUDIT__URL": "postgres://x:secret@db/a"}, "audit.url: unsupported URL scheme 'postgres'"),
     ({"IDBROKER_SERVER__BIND": "nonsense"}, "server.bind: 'nonsense' is not host:port"),
     ({"IDBROKER_SERVER__BIND": "127.0.0.1:99999"}, "server.bind: '127.0.0.1:99999' is not host:port"),
+    ({"IDBROKER_SESSION__ABSOLUTE_TIMEOUT": "10000000000000000"},
+     "session.absolute_timeout: Input should be less than or equal to 604800"),
 ])
 def test_a_bad_setting_is_named(environ: dict, named: str) -> None:
     base = {"IDBROKER_ISSUER": "https://broker.example"}
