@@ -8,7 +8,7 @@ as ``low`` — never higher — and every result carries the reason, for the aud
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -109,3 +109,10 @@ def upstream_level(raw: str | None, *, trusted_up_to: Level | None,
                                  f"{source} says {claimed.name.lower()}; the policy trusts this IdP "
                                  f"up to {trusted_up_to.name.lower()}")
     return UpstreamAssurance(raw, claimed, f"{source} says {claimed.name.lower()}, trusted")
+
+
+def vouched_amr(amr: Sequence[str], *, trusted_up_to: Level | None) -> tuple[str, ...]:
+    """The IdP's ``amr`` that the broker's tokens may repeat: all of it from an IdP the policy
+    trusts above low, none from one it trusts for nothing beyond low (set to ``low`` or not
+    set): such an IdP's "hwk" or "mfa" would stand beside acr low, vouched for by nobody."""
+    return tuple(amr) if trusted_up_to is not None and trusted_up_to > Level.LOW else ()

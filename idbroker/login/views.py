@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, redirect, request, url_for
 
-from idbroker.assurance.levels import upstream_level
+from idbroker.assurance.levels import upstream_level, vouched_amr
 from idbroker.audit import AuditUnavailable, EventType
 from idbroker.keys import is_numeric_date
 from idbroker.oidc.flow import authorization_response, required_level
@@ -16,7 +16,7 @@ from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
 from idbroker.sessions import LoginTransaction
 from idbroker.subjects import person_id
-from idbroker.upstream.base import UpstreamError, UpstreamIdentity
+from idbroker.upstream.base import PROFILE_FIELDS, UpstreamError, UpstreamIdentity
 from idbroker.web import (
     ORGANISATION_COOKIE,
     SESSION_COOKIE,
@@ -32,9 +32,6 @@ from idbroker.web import (
 )
 
 bp = Blueprint("login", __name__)
-
-#: What the broker keeps of the upstream identity for ID tokens and /userinfo.
-PROFILE_CLAIMS = ("name", "given_name", "family_name", "email", "employee_number")
 
 
 def home_realm(policy: Policy, params: dict[str, str]) -> Organisation | None:
@@ -229,18 +226,15 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
     assurance = organisation.idp.assurance
     level = upstream_level(identity.upstream_acr, trusted_up_to=assurance.trusted_level,
                            mapping=assurance.table)
+    # The trail's upstream.result keeps what the IdP said, as it keeps the raw acr.
     said_amr = identity.amr
-    if assurance.trusted_level is None:
-        # An IdP the policy trusts for nothing vouches for no method either: its "hwk" or
-        # "mfa" would otherwise reach the broker's tokens beside acr low. The trail's
-        # upstream.result keeps what it said, as it keeps the raw acr.
-        identity = replace(identity, amr=())
+    identity = replace(identity, amr=vouched_amr(said_amr, trusted_up_to=assurance.trusted_level))
     person = person_id(b.keys.secrets["subject_salt"], organisation.id, identity.subject)
     who = {"person": person, "upstream_issuer": identity.issuer, "upstream_subject": identity.subject,
            "organisation": organisation.id, "client": txn.params.get("client_id")}
     detail: dict[str, Any] = {"mapping": level.reason}
     if said_amr != identity.amr:
-        detail["amr_ignored"] = "the policy trusts this IdP for nothing beyond low"
+        detail["amr_ignored"] = "the policy trusts this IdP for nothing beyond low"  # its amr neither
     audit(EventType.UPSTREAM_RESULT, durable=False, **who, upstream_acr=identity.upstream_acr,
           acr=level.level.acr, factors=said_amr, detail=detail)
     token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),
@@ -251,8 +245,9 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
     except AuditUnavailable:
         b.sessions.end(token)
         raise
+    # What the broker keeps of the upstream identity for ID tokens and /userinfo.
     b.provider.remember_profile(session.sid, {name: identity.attributes[name]
-                                              for name in PROFILE_CLAIMS if name in identity.attributes})
+                                              for name in PROFILE_FIELDS if name in identity.attributes})
     b.provider.remember_session(session.sid, person, identity.to_dict(), browser=txn.browser,
                                 ends_at=session.created_at + b.settings.session.absolute_timeout)
     log.info("login person=%s organisation=%s sid=%s upstream_acr=%r level=%s (%s)", person,

@@ -49,15 +49,6 @@ class UpstreamIdentity:
         )
 
 
-def _utf8(text: str) -> bool:
-    """False for a lone surrogate ("\\ud800" in JSON), which no store or page can hold."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class UpstreamError(Exception):
     """The organisation's IdP could not log the person in.
 
@@ -72,25 +63,52 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
+#: The person's profile as the ID token carries it: one text each (OIDC Core 5.1). Of an
+#: IdP's list the first value counts, as of a multi-valued SAML attribute.
+PROFILE_FIELDS = ("name", "given_name", "family_name", "email", "employee_number")
+
+
 def mapped_attributes(found: Mapping[str, Any]) -> dict[str, Any]:
     """An upstream answer's mapped attributes as the policy and the ID token read them: a text
-    or a list of texts each (several groups, a multi-valued attribute). A whole number (an
-    employee number or a group id sent as a JSON number) becomes its decimal text, as the
-    policy's rules and ``policy explain --claims`` read it. Anything else refuses the
-    answer (``invalid``): a fraction, an object or a list in a list matches no rule, and a
-    group that was one ended the login in an error."""
+    each, or for ``groups`` and the policy's own attributes a list of texts. A whole number
+    (an employee number or a group id sent as a JSON number) becomes its decimal text, as the
+    policy's rules and ``policy explain --claims`` read it; ``null`` is a claim not sent
+    (OIDC Core 5.3.2). Anything else refuses the answer (``invalid``): a fraction, an object
+    or a list in a list matches no rule, and a group that was one ended the login in an error."""
     kept: dict[str, Any] = {}
     for name, value in found.items():
-        text = [_text(item) for item in value] if isinstance(value, list | tuple) else _text(value)
-        if text is None or (isinstance(text, list) and None in text):
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            items = [_text(item) for item in value if item is not None]
+            if None in items:
+                raise UpstreamError("invalid", f"the mapped attribute {name!r} is not text")
+            if name not in PROFILE_FIELDS:
+                kept[name] = items
+            elif items:
+                kept[name] = items[0]
+            continue
+        text = _text(value)
+        if text is None:
             raise UpstreamError("invalid", f"the mapped attribute {name!r} is not text")
         kept[name] = text
     return kept
 
 
+def is_utf8(text: str) -> bool:
+    """False for a lone surrogate (JSON's "\\ud800"), which no store, trail or page can hold."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value if value.isascii() or _utf8(value) else None
+        return value if is_utf8(value) else None
     if isinstance(value, int) and -10**18 < value < 10**18:  # bool too (str(True), as before)
         return str(value)
     return None
