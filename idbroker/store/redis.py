@@ -78,8 +78,10 @@ _UNAVAILABLE = (
     redis_errors.ClusterDownError,
 )
 #: Error replies that redis-py leaves a plain ResponseError but that say the server cannot
-#: take writes now (MISCONF: its last snapshot to disk failed, so it refuses writes).
-_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "NOREPLICAS")
+#: take writes now (MISCONF: its last snapshot to disk failed, so it refuses writes), and
+#: an ACL's refusal of a write inside one of the store's scripts (no NOPERM prefix there).
+_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "NOREPLICAS", "NOPERM")
+_SCRIPT_DENIED = "can't run this command"
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,6 @@ def _available() -> Iterator[None]:
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"Redis store is unavailable: {exc}") from exc
     except redis_errors.ResponseError as exc:
-        if str(exc).startswith(_UNAVAILABLE_REPLIES):
+        if str(exc).startswith(_UNAVAILABLE_REPLIES) or _SCRIPT_DENIED in str(exc):
             raise StoreUnavailable(f"Redis store is unavailable: {exc}") from exc
         raise

@@ -648,3 +648,26 @@ def test_one_bad_write_does_not_fail_the_others_of_its_batch(tmp_path: Path) -> 
         thread.join()
     store.close()
     assert not failed, failed[:2]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("write", ["put", "incr", "swap (spent)"])
+def test_a_redis_user_that_may_not_write_is_unavailable(tmp_path: Path, write: str) -> None:
+    """An ACL that lets the broker's user read and run scripts but not write: NOPERM for a
+    plain command, and inside a script an error reply without that prefix (a 500 before)."""
+    from redis import Redis
+
+    from idbroker.store.redis import RedisStore
+    from tests.support.redis_server import running_redis_server
+
+    with running_redis_server(tmp_path) as url:
+        admin = Redis.from_url(url)
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "+@read", "+@connection",
+                              "+evalsha", "+eval", "+script|load")
+        admin.close()
+        store = RedisStore(url.replace("redis://", "redis://reader:pw@"))
+        try:
+            with pytest.raises(StoreUnavailable):
+                OPERATIONS[write](store)
+        finally:
+            store.close()
