@@ -29,7 +29,7 @@ class TrustedProxies:
                   "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX", "HTTP_FORWARDED")
 
     def __init__(self, app: Any, networks: tuple[str, ...]) -> None:
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.networks = [_unmapped_network(ipaddress.ip_network(n, strict=False)) for n in networks]
         self.behind_proxy = ProxyFix(app, x_for=1, x_proto=1, x_host=1, x_port=1)
         self.direct = app
 
@@ -42,6 +42,16 @@ class TrustedProxies:
         for name in self._FORWARDED:
             environ.pop(name, None)
         return self.direct(environ, start_response)
+
+
+def _unmapped_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network
+                      ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A proxy network written as a dual-stack socket shows it (``::ffff:10.0.0.0/120``), in
+    the IPv4 form the peer is matched in (``10.0.0.0/24``)."""
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is None or network.prefixlen < 96:
+        return network
+    return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
 
 
 def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -39,3 +39,13 @@ def test_an_ipv4_proxy_on_a_dual_stack_socket_is_trusted() -> None:
     direct = client.get("/", environ_base={"REMOTE_ADDR": "::ffff:192.0.2.9"},
                         headers={"X-Forwarded-For": "10.0.0.1"})
     assert direct.text == "http localhost 192.0.2.9"
+
+
+def test_a_proxy_network_written_as_the_dual_stack_socket_shows_it_is_trusted() -> None:
+    """``::ffff:10.0.0.0/120`` names the same proxies as ``10.0.0.0/24``."""
+    client = Client(TrustedProxies(echo, ("::ffff:10.0.0.0/120",)))
+    for peer in ("::ffff:10.0.0.7", "10.0.0.7"):
+        reply = client.get("/", environ_base={"REMOTE_ADDR": peer}, headers={
+            "X-Forwarded-Proto": "https", "X-Forwarded-Host": "broker.example",
+            "X-Forwarded-For": "192.0.2.1"})
+        assert reply.text == "https broker.example 192.0.2.1"
