@@ -63,6 +63,9 @@ SAML_FAULTS = frozenset({
     "no_class_ref",          # AuthnStatement without AuthnContextClassRef
     "empty_class_ref",       # an AuthnContextClassRef element without text
     "authn_instant_offset",  # AuthnInstant with a time zone offset (XML Schema's, not SAML's)
+    "recipient_elsewhere",   # SubjectConfirmationData Recipient is another SP's ACS
+    "confirmation_unbound",  # SubjectConfirmationData without InResponseTo (the Response has it)
+    "transient_name_id",     # a transient NameID where the SP asked for a persistent one
 })
 
 ATTRIBUTE_NAMES = {
@@ -214,6 +217,14 @@ class DemoSamlIdp:
         if "empty_class_ref" in self.faults:
             for ref in assertion.iter(f"{{{_SAML}}}AuthnContextClassRef"):
                 ref.text = None
+        for data in assertion.iter(f"{{{_SAML}}}SubjectConfirmationData"):
+            if "recipient_elsewhere" in self.faults:
+                data.set("Recipient", "https://another-sp.example/acs")
+            if "confirmation_unbound" in self.faults:
+                data.attrib.pop("InResponseTo", None)
+        if "transient_name_id" in self.faults:
+            for name_id in assertion.iter(f"{{{_SAML}}}NameID"):
+                name_id.set("Format", "urn:oasis:names:tc:SAML:2.0:nameid-format:transient")
         if "authn_instant_offset" in self.faults:
             for statement in assertion.iter(f"{{{_SAML}}}AuthnStatement"):
                 statement.set("AuthnInstant", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now)))

@@ -130,6 +130,9 @@ EXPECTED_REASONS = {
     "no_class_ref": None,  # not a refusal: counted as low
     "empty_class_ref": None,  # the same
     "authn_instant_offset": "AuthnInstant is not a SAML time",
+    "recipient_elsewhere": "Recipient is not this broker's ACS",
+    "confirmation_unbound": "InResponseTo is not this login's request",
+    "transient_name_id": "NameID format urn:oasis:names:tc:SAML:2.0:nameid-format:transient is not",
 }
 
 

@@ -154,6 +154,7 @@ class SamlConnector:
             raise UpstreamError("invalid", "response refused: no usable assertion")
         if answer.in_response_to != request_id:
             raise UpstreamError("invalid", "InResponseTo is not this login's request")
+        self._check_bearer(answer.assertion, request_id)
         self._remember_once(answer)
         return self._identity(answer)
 
@@ -188,6 +189,26 @@ class SamlConnector:
             raise UpstreamError("invalid", "the Response is not signed, and the policy requires it")
         return bool(encrypted)
 
+    def _check_bearer(self, assertion: Any, request_id: str) -> None:
+        """SAML Web SSO profile §4.1.4.3: the assertion is confirmed by bearer, for this ACS
+        (``Recipient``) and this login's AuthnRequest (``InResponseTo``), which binds a signed
+        assertion to the login even when the Response around it is not signed. pysaml2 checks
+        a Recipient only when told the ACS (and then also takes the SP's entity id), and an
+        InResponseTo only when one is there; both are required here, in every bearer one."""
+        subject = assertion.subject
+        bearers = [confirmation for confirmation in (subject.subject_confirmation if subject else None) or ()
+                   if confirmation.method == saml_ns.SCM_BEARER]
+        if not bearers:
+            raise UpstreamError("invalid", "the assertion has no bearer subject confirmation")
+        for confirmation in bearers:
+            data = confirmation.subject_confirmation_data
+            if data is None or data.recipient != self.sp.acs_url:
+                raise UpstreamError("invalid", "the subject confirmation's Recipient is not this broker's "
+                                               "ACS")
+            if data.in_response_to != request_id:
+                raise UpstreamError("invalid", "the subject confirmation's InResponseTo is not this login's "
+                                               "request")
+
     def _remember_once(self, answer: Any) -> None:
         """Each Response and Assertion ID is good for one login, across all instances."""
         now = time.time()
@@ -214,8 +235,14 @@ class SamlConnector:
                     attributes.setdefault(attribute.friendly_name, []).extend(values)
         mapping = self.idp.attributes
         if mapping.subject == "name_id":
-            subject = assertion.subject.name_id.text.strip() if assertion.subject.name_id is not None \
-                and assertion.subject.name_id.text else ""
+            name_id = assertion.subject.name_id
+            wanted = _NAMEID_FORMATS[self.idp.name_id_format]
+            unspecified = self.idp.name_id_format == "unspecified"
+            if name_id is not None and name_id.format not in (None, wanted) and (
+                    not unspecified or name_id.format == saml_ns.NAMEID_FORMAT_TRANSIENT):
+                # A transient NameID changes every login; another format is another namespace.
+                raise UpstreamError("invalid", f"NameID format {name_id.format} is not the policy's {wanted}")
+            subject = name_id.text.strip() if name_id is not None and name_id.text else ""
         else:
             subject = (attributes.get(mapping.subject) or [""])[0]
         if not subject:
