@@ -15,6 +15,7 @@ from idbroker.oidc.flow import authorization_response, required_level
 from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
 from idbroker.sessions import LoginTransaction
+from idbroker.stepup.service import max_age
 from idbroker.subjects import person_id
 from idbroker.upstream.base import PROFILE_FIELDS, UpstreamError, UpstreamIdentity
 from idbroker.web import (
@@ -97,7 +98,7 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
             redirect_uri=b.upstream_callback_url(organisation.id), state=txn.id,
             login_hint=txn.params.get("login_hint"),
             force_login="login" in txn.params.get("prompt", "").split(),
-            wanted=required_level(txn.params))
+            wanted=required_level(txn.params), max_age=max_age(txn.params))
     except UpstreamError as error:
         log.warning("upstream %s failed at start: %s", organisation.id, error)
         return error_page(f"err_upstream_{error.reason}", status=502, organisation=organisation.name,
@@ -205,8 +206,10 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
                        answer: dict[str, str]) -> UpstreamIdentity | Response:
     b = broker()
     try:
-        return b.connector(organisation).complete(
+        identity = b.connector(organisation).complete(
             redirect_uri=b.upstream_callback_url(organisation.id), response=answer, kept=txn.upstream)
+        _check_fresh(identity, max_age(txn.params), skew=b.settings.tokens.clock_skew)
+        return identity
     except UpstreamError as error:
         log.warning("upstream %s refused: %s", organisation.id, error)
         outcome = "failure" if error.reason == "unreachable" else "refused"
@@ -217,6 +220,19 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
         status = 502 if error.reason == "unreachable" else 400 if error.reason == "invalid" else 403
         return error_page(f"err_upstream_{error.reason}", status=status,
                           organisation=organisation.name, locale_hint=txn.params.get("ui_locales"))
+
+
+def _check_fresh(identity: UpstreamIdentity, wanted: int | None, *, skew: int) -> None:
+    """With the client's ``max_age``, the IdP was asked for a login that recent (OIDC Core
+    §3.1.2.1: the OP MUST then authenticate actively); an IdP that answers with an older one,
+    or does not say when, gives no login the token could truthfully date."""
+    if wanted is None:
+        return
+    if not is_numeric_date(identity.auth_time):
+        raise UpstreamError("invalid", f"max_age={wanted} was asked, and the IdP did not say when the person "
+                                       "logged in")
+    if identity.auth_time < time.time() - wanted - skew:
+        raise UpstreamError("invalid", f"the IdP's login is older than max_age={wanted}")
 
 
 def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: UpstreamIdentity) -> Response:

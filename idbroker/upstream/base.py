@@ -126,12 +126,15 @@ class Connector(Protocol):
     """One organisation's IdP. ``kept`` travels in the server-side login transaction."""
 
     def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
-              force_login: bool = False, wanted: Level | None = None) -> UpstreamRedirect:
+              force_login: bool = False, wanted: Level | None = None,
+              max_age: int | None = None) -> UpstreamRedirect:
         """Start a login at the IdP; ``state`` comes back at the callback to find the login.
 
         ``wanted``: the level the login needs; the connector asks the IdP for it where the
         policy trusts the IdP for that level (OIDC ``acr_values``, SAML
-        ``RequestedAuthnContext``), and asks for nothing otherwise."""
+        ``RequestedAuthnContext``), and asks for nothing otherwise. ``max_age``: the client's
+        (OIDC ``max_age``; SAML has none, so ``ForceAuthn``); the login checks the answer's
+        time against it."""
 
     def complete(
         self, *, redirect_uri: str, response: Mapping[str, str], kept: Mapping[str, Any]

@@ -89,12 +89,15 @@ class OidcConnector:
     # -- the protocol ------------------------------------------------------------
 
     def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
-              force_login: bool = False, wanted: Level | None = None) -> UpstreamRedirect:
+              force_login: bool = False, wanted: Level | None = None,
+              max_age: int | None = None) -> UpstreamRedirect:
         metadata = self._discover()
         nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
         extra = {"login_hint": login_hint} if login_hint else {}
         if force_login:
             extra["prompt"] = "login"
+        if max_age is not None:
+            extra["max_age"] = str(max_age)
         values = self.idp.assurance.values_to_request(wanted)
         if values:
             extra["acr_values"] = " ".join(values)

@@ -404,3 +404,25 @@ def test_no_redirect_is_built_from_the_host_header(chain: Chain, path: str) -> N
                          timeout=5)
     assert "evil.example" not in reply.headers.get("Location", ""), reply.headers.get("Location")
     assert reply.status_code != 308 and reply.status_code < 500
+
+
+def test_max_age_is_asked_of_the_idp_and_an_older_login_refused(chain: Chain,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's max_age goes to the IdP (OIDC Core §3.1.2.1: it MUST then authenticate
+    actively); an IdP that answers with an older login gives no code, where it used to give
+    one carrying that old auth_time."""
+    from idbroker.demo import idp as demo_idp
+
+    browser = Browser()
+    step = browser.go(chain.authorize_url(max_age="60")[0], stop_at=chain.rp_redirect)
+    assert step.url.startswith(chain.rp_redirect)  # a fresh login at the IdP
+    to_idp = next(s.url for s in browser.history if "%2Fupstream%2F" in s.url and "/authorize?" in s.url)
+    assert parse_qs(urlsplit(to_idp).query)["max_age"] == ["60"]
+    claims_of = demo_idp._OpenIDCode.generate_user_info
+    monkeypatch.setattr(demo_idp._OpenIDCode, "generate_user_info", lambda self, user, scope: {
+        **claims_of(self, user, scope), "auth_time": int(time.time()) - 86400})
+    before = chain.broker.audit.head().seq
+    step = Browser().go(chain.authorize_url(max_age="60")[0], stop_at=chain.rp_redirect)
+    assert step.status == 400 and not step.url.startswith(chain.rp_redirect)
+    assert [r.event.get("reason") for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]

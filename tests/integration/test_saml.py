@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import zlib
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -295,3 +297,32 @@ def test_untrusted_oidc_idp_is_not_asked_for_a_level(chain: Chain) -> None:
     upstream = next(step.url for step in browser.history if "/demo-idp/gemeente-utrecht/" in step.url)
     assert "acr_values" not in parse_qs(urlsplit(upstream).query)
     assert query["error"] == ["unmet_authentication_requirements"]
+
+
+def test_max_age_asks_the_idp_for_a_fresh_login_and_refuses_an_older_one(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAML has no max_age: with one the AuthnRequest says ForceAuthn, and an assertion whose
+    AuthnInstant is older than max_age (an IdP that ignored it) gives no code, where it used
+    to give one dated a day back (OIDC Core §3.1.2.1: the OP MUST re-authenticate)."""
+    from saml2.time_util import instant
+
+    from idbroker.demo.saml_idp import DemoSamlIdp
+
+    _, _, browser = chain.login(Browser(username="j.smit", organisation=VT), max_age="3600")
+    assert 'ForceAuthn="true"' in _authn_request(browser)
+    apply = DemoSamlIdp._apply_faults
+
+    def day_old(self: DemoSamlIdp, root: Any) -> None:
+        apply(self, root)
+        for statement in root.iter("{urn:oasis:names:tc:SAML:2.0:assertion}AuthnStatement"):
+            statement.set("AuthnInstant", instant(time_stamp=int(time.time()) - 86400))
+
+    monkeypatch.setattr(DemoSamlIdp, "_apply_faults", day_old)
+    before = chain.broker.audit.head().seq
+    url, _ = chain.authorize_url(max_age="60")
+    step = Browser(username="j.smit", organisation=VT).go(url, stop_at=chain.rp_redirect)
+    assert step.status == 400 and not step.url.startswith(chain.rp_redirect)
+    assert [r.event.get("reason") for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
+    # Without max_age the same answer is a login, dated as the IdP said.
+    assert time.time() - _id_token(chain, "j.smit")["auth_time"] > 86000

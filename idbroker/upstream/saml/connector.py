@@ -98,7 +98,8 @@ class SamlConnector:
     # -- the protocol ------------------------------------------------------------
 
     def begin(self, *, redirect_uri: str, state: str, login_hint: str | None = None,
-              force_login: bool = False, wanted: Level | None = None) -> UpstreamRedirect:
+              force_login: bool = False, wanted: Level | None = None,
+              max_age: int | None = None) -> UpstreamRedirect:
         client = self._saml_client()
         extra: dict[str, Any] = {}
         values = self.idp.assurance.values_to_request(wanted)
@@ -106,7 +107,7 @@ class SamlConnector:
             extra["requested_authn_context"] = RequestedAuthnContext(
                 authn_context_class_ref=[saml_ns.AuthnContextClassRef(text=values[0])],
                 comparison="minimum")
-        if force_login:
+        if force_login or max_age is not None:  # SAML has no max_age: a fresh login then
             extra["force_authn"] = "true"
         try:
             request_id, _binding, info = client.prepare_for_negotiated_authenticate(
