@@ -8,12 +8,18 @@ clears the person's counter, never the IP's: an attacker cannot reset the IP cou
 logging in to an account of their own.
 
 IPv6 clients are counted per /64, the block one subscriber normally gets.
+
+A person's attempts are checked one at a time (:meth:`RateLimiter.one_at_a_time`): each
+failure is counted before the next code is looked at. Counting after the check alone let
+forty parallel guesses all pass the check while the count was still below the limit.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from idbroker.store import Store
@@ -38,6 +44,9 @@ class Verdict:
 
 
 ALLOWED = Verdict(True)
+#: Seconds a person's attempt may hold their turn (released at once when it ends; this only
+#: bounds a broker that died mid-attempt).
+_TURN = 10
 
 
 def client_key(ip: str) -> str:
@@ -63,6 +72,23 @@ class RateLimiter:
         self.limits = limits or Limits()
         self._count = {"person": f"rl-{purpose}-person", "ip": f"rl-{purpose}-ip"}
         self._lock = {"person": f"rl-{purpose}-lock-person", "ip": f"rl-{purpose}-lock-ip"}
+        self._turn = f"rl-{purpose}-turn"
+
+    @contextmanager
+    def one_at_a_time(self, person: str | None) -> Iterator[bool]:
+        """True while this attempt holds the person's turn (on every broker instance: the
+        store's atomic ``add``); False when another attempt of theirs is being checked, which
+        is then refused (try again) rather than checked beside it."""
+        if not person:
+            yield True
+            return
+        if not self.store.add(self._turn, person, {"at": time.time()}, _TURN):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.store.delete(self._turn, person)
 
     def check(self, person: str | None, ip: str | None) -> Verdict:
         """Before an attempt: refused while the person or the IP is locked out."""

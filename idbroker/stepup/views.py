@@ -161,16 +161,20 @@ def _form_attempt(ctx: _Context, purpose: str, what: str, attempt: Callable[[], 
     refusal counts towards a lockout and shows ``refused_page`` with the reason's message key."""
     if not csrf_ok(purpose):
         return error_page("err_csrf", locale_hint=ctx.hint)
-    locked = _check_limit(ctx)
-    if locked is not None:
-        return locked
-    try:
-        return attempt()
-    except FactorRefused as refused:
-        verdict = _failed(ctx, refused, what)
-        if verdict is not None:
-            return _lockout(ctx, verdict)
-        return refused_page(f"reason_{refused.reason.value}")
+    with factor_services().limiter.one_at_a_time(ctx.person) as turn:
+        if not turn:  # another of their codes is being checked: counted first, then this one
+            log.info("factor attempt refused: another attempt of person=%s is being checked", ctx.person)
+            return _lockout(ctx, Verdict(False, "person", 1))
+        locked = _check_limit(ctx)
+        if locked is not None:
+            return locked
+        try:
+            return attempt()
+        except FactorRefused as refused:
+            verdict = _failed(ctx, refused, what)
+            if verdict is not None:
+                return _lockout(ctx, verdict)
+            return refused_page(f"reason_{refused.reason.value}")
 
 
 def _failed(ctx: _Context, refused: FactorRefused, what: str) -> Verdict | None:

@@ -93,3 +93,17 @@ def test_purposes_count_apart(store: Store) -> None:
     assert codes.check(ALICE, IP).allowed
     with pytest.raises(ValueError, match="alphanumeric"):
         RateLimiter(store, purpose="a:b")
+
+
+def test_a_persons_attempts_take_turns(store: Store) -> None:
+    limiter = RateLimiter(store)
+    with limiter.one_at_a_time("p-1") as first:
+        assert first
+        with limiter.one_at_a_time("p-1") as second, limiter.one_at_a_time("p-2") as other:
+            assert not second and other  # the same person waits; another person does not
+    with limiter.one_at_a_time("p-1") as again:  # released when the attempt ended
+        assert again
+    with pytest.raises(RuntimeError), limiter.one_at_a_time("p-1"):
+        raise RuntimeError("the attempt failed")
+    with limiter.one_at_a_time("p-1") as after_an_error:
+        assert after_an_error

@@ -571,3 +571,33 @@ def test_only_an_idp_the_policy_trusts_vouches_for_how_the_person_logged_in(
             if r.seq > before and r.event["type"] == "upstream.result"]
     assert said[0]["factors"] == ["hwk", "mfa"]  # the trail keeps what the IdP said, as with acr
     assert ("amr_ignored" in said[0]["detail"]) is not kept
+
+
+def test_parallel_code_guesses_are_checked_one_at_a_time(chain: Chain) -> None:
+    """Forty guesses at once: each used to pass the lockout check while the count was still
+    below the limit, and 6 to 15 codes were checked against the person's app. Now each
+    failure is counted before the next code is looked at: at most the limit is checked."""
+    import threading
+
+    browser, step, _ = _totp_page(chain, 68)
+    action, hidden = Browser.forms(step.url, step.body)["totp"]
+    start = threading.Barrier(40)
+    statuses: list[int] = []
+
+    def guess(n: int) -> None:
+        http = requests.Session()
+        http.cookies.update(browser.http.cookies)
+        start.wait()
+        statuses.append(http.post(action, data={**hidden, "code": f"{n:06d}"}, allow_redirects=False,
+                                  timeout=30).status_code)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    person = chain.person_of(browser)
+    checked = [r.event for r in records(chain.broker.audit) if r.event.get("person") == person
+               and r.event["type"] == "stepup.completed" and r.event.get("outcome") == "failure"]
+    assert 1 <= len(checked) <= 5, len(checked)
+    assert set(statuses) <= {400, 429}  # refused, busy or locked out: never a 500
