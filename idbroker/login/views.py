@@ -208,7 +208,7 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
     try:
         identity = b.connector(organisation).complete(
             redirect_uri=b.upstream_callback_url(organisation.id), response=answer, kept=txn.upstream)
-        _check_fresh(identity, max_age(txn.params), skew=b.settings.tokens.clock_skew)
+        _check_login_time(identity, txn, skew=b.settings.tokens.clock_skew)
         return identity
     except UpstreamError as error:
         log.warning("upstream %s refused: %s", organisation.id, error)
@@ -222,16 +222,30 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
                           organisation=organisation.name, locale_hint=txn.params.get("ui_locales"))
 
 
-def _check_fresh(identity: UpstreamIdentity, wanted: int | None, *, skew: int) -> None:
-    """With the client's ``max_age``, the IdP was asked for a login that recent (OIDC Core
-    §3.1.2.1: the OP MUST then authenticate actively); an IdP that answers with an older one,
-    or does not say when, gives no login the token could truthfully date."""
-    if wanted is None:
+def _check_login_time(identity: UpstreamIdentity, txn: LoginTransaction, *, skew: int) -> None:
+    """The IdP's login time, as far as the client asked about it. With ``prompt=login`` or
+    ``max_age`` the IdP was asked for a fresh login (OIDC Core §3.1.2.1: the OP MUST then
+    authenticate actively); an answer with an older one gives no login the token could
+    truthfully date. A login made during this very request is always fresh (also for
+    ``max_age=0``), and one dated in the future proves nothing (refused like a future ``iat``).
+    With ``max_age`` the IdP must say when (OIDC Core §2: ``auth_time`` is then REQUIRED)."""
+    now, auth_time = time.time(), identity.auth_time
+    known = is_numeric_date(auth_time)
+    if known and auth_time > now + skew:
+        raise UpstreamError("invalid", "the IdP's login is dated in the future")
+    wanted, forced = max_age(txn.params), "login" in txn.params.get("prompt", "").split()
+    if wanted is None and not forced:
         return
-    if not is_numeric_date(identity.auth_time):
-        raise UpstreamError("invalid", f"max_age={wanted} was asked, and the IdP did not say when the person "
-                                       "logged in")
-    if identity.auth_time < time.time() - wanted - skew:
+    if not known:
+        if wanted is not None:
+            raise UpstreamError("invalid", f"max_age={wanted} was asked, and the IdP did not say when the "
+                                           "person logged in")
+        return  # prompt=login was passed on; the IdP says nothing against it
+    if auth_time >= int(txn.created_at) - skew:  # auth_time is in whole seconds
+        return
+    if forced:
+        raise UpstreamError("invalid", "prompt=login was asked; the IdP's login is older than this request")
+    if wanted is not None and auth_time < int(now) - wanted - skew:
         raise UpstreamError("invalid", f"the IdP's login is older than max_age={wanted}")
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -426,3 +427,30 @@ def test_max_age_is_asked_of_the_idp_and_an_older_login_refused(chain: Chain,
     assert step.status == 400 and not step.url.startswith(chain.rp_redirect)
     assert [r.event.get("reason") for r in records(chain.broker.audit)
             if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
+
+
+@pytest.mark.parametrize(("params", "offset"), [
+    ({"prompt": "login"}, -86400),  # prompt=login answered with yesterday's login
+    ({"max_age": "60"}, 86400),  # a login dated tomorrow passed every max_age
+    ({}, 86400),  # ... and proves nothing without one either (like a future iat)
+], ids=["prompt_login_old", "max_age_future", "future"])
+def test_an_upstream_login_time_the_request_cannot_take_is_refused(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, params: dict[str, str], offset: int) -> None:
+    from idbroker.demo import idp as demo_idp
+
+    claims_of = demo_idp._OpenIDCode.generate_user_info
+    monkeypatch.setattr(demo_idp._OpenIDCode, "generate_user_info", lambda self, user, scope: {
+        **claims_of(self, user, scope), "auth_time": int(time.time()) + offset})
+    before = chain.broker.audit.head().seq
+    step = Browser().go(chain.authorize_url(**params)[0], stop_at=chain.rp_redirect)
+    assert step.status == 400 and not step.url.startswith(chain.rp_redirect)
+    assert [r.event.get("reason") for r in records(chain.broker.audit)
+            if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
+
+
+def test_max_age_zero_takes_a_login_made_for_this_request(tmp_path: Path) -> None:
+    """max_age=0 is 'log in again' (OIDC Core §3.1.2.1); with clock_skew 0 a login made a
+    second ago used to count as too old, so none could ever pass."""
+    with running_chain(tmp_path, {"tokens.clock_skew": 0}) as chain:
+        step = Browser().go(chain.authorize_url(max_age="0")[0], stop_at=chain.rp_redirect)
+        assert step.url.startswith(chain.rp_redirect) and "code=" in step.url
