@@ -326,3 +326,25 @@ def test_max_age_asks_the_idp_for_a_fresh_login_and_refuses_an_older_one(
             if r.seq > before and r.event["type"] == "upstream.result"] == ["upstream_invalid"]
     # Without max_age the same answer is a login, dated as the IdP said.
     assert time.time() - _id_token(chain, "j.smit")["auth_time"] > 86000
+
+
+@pytest.mark.parametrize("name_id_format", [None, "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"],
+                         ids=["no format", "unspecified"])
+def test_a_name_id_of_unspecified_format_is_taken_under_a_persistent_policy(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch, name_id_format: str | None) -> None:
+    """No Format means 'unspecified' (SAML Core 2.2.2): the two are one case, and both are
+    the IdP's persistent names the policy describes (ADFS writes the Format out)."""
+    from idbroker.demo.saml_idp import DemoSamlIdp
+
+    apply = DemoSamlIdp._apply_faults
+
+    def unspecified(self: DemoSamlIdp, root: Any) -> None:
+        apply(self, root)
+        for name_id in root.iter("{urn:oasis:names:tc:SAML:2.0:assertion}NameID"):
+            if name_id_format is None:
+                name_id.attrib.pop("Format", None)
+            else:
+                name_id.set("Format", name_id_format)
+
+    monkeypatch.setattr(DemoSamlIdp, "_apply_faults", unspecified)
+    assert _id_token(chain, "j.smit")["sub"]

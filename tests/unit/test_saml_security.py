@@ -245,3 +245,31 @@ def test_namespaces_declared_outside_the_assertion_still_serve_its_schema_check(
         return text.replace(local, "").replace("<ns0:Response ", f"<ns0:Response{local} ", 1)
 
     assert _complete(rig, "id-xs", _resigned(rig, "id-xs", text_edit=declare_xs_on_the_response)) == NAME_ID
+
+
+def test_every_value_of_a_multi_valued_policy_attribute_is_kept() -> None:
+    """A person in two departments matches a rule on either (as through OIDC); the SAML
+    connector kept only the first value, so the roles depended on the IdP's order."""
+    from types import SimpleNamespace as Namespace
+
+    from saml2 import saml as saml_ns
+
+    from idbroker.policy.idp import SAML_ATTRIBUTES
+    from idbroker.upstream.saml.connector import SamlConnector
+
+    connector = object.__new__(SamlConnector)
+    connector.organisation = Namespace(id="org")
+    mapping = SAML_ATTRIBUTES.model_copy(update={"extra": {"department": "urn:oid:2.5.4.11"}})
+    connector.idp = Namespace(entity_id="https://idp.example", name_id_format="persistent",
+                              attributes=mapping)
+    values = [Namespace(text=text) for text in ("finance", "zorg")]
+    assertion = Namespace(
+        subject=Namespace(name_id=Namespace(format=saml_ns.NAMEID_FORMAT_PERSISTENT, text="p-1")),
+        attribute_statement=[Namespace(attribute=[
+            Namespace(name="urn:oid:2.5.4.11", friendly_name=None, attribute_value=values),
+            Namespace(name="urn:oid:0.9.2342.19200300.100.1.3", friendly_name="mail",
+                      attribute_value=[Namespace(text="a@x.example"), Namespace(text="b@x.example")])])],
+        authn_statement=[])
+    identity = connector._identity(Namespace(assertion=assertion))
+    assert identity.attributes["department"] == ["finance", "zorg"]
+    assert identity.attributes.get("email", "a@x.example") == "a@x.example"  # a profile claim: one text

@@ -237,12 +237,14 @@ class SamlConnector:
         mapping = self.idp.attributes
         if mapping.subject == "name_id":
             name_id = assertion.subject.name_id
+            # No Format is 'unspecified' (SAML Core 2.2.2), which leaves the kind to the IdP the
+            # policy describes. A transient NameID changes every login; another named format
+            # is another namespace of names.
+            sent = (name_id.format if name_id is not None else None) or saml_ns.NAMEID_FORMAT_UNSPECIFIED
             wanted = _NAMEID_FORMATS[self.idp.name_id_format]
-            unspecified = self.idp.name_id_format == "unspecified"
-            if name_id is not None and name_id.format not in (None, wanted) and (
-                    not unspecified or name_id.format == saml_ns.NAMEID_FORMAT_TRANSIENT):
-                # A transient NameID changes every login; another format is another namespace.
-                raise UpstreamError("invalid", f"NameID format {name_id.format} is not the policy's {wanted}")
+            if sent not in (wanted, saml_ns.NAMEID_FORMAT_UNSPECIFIED) and (
+                    wanted != saml_ns.NAMEID_FORMAT_UNSPECIFIED or sent == saml_ns.NAMEID_FORMAT_TRANSIENT):
+                raise UpstreamError("invalid", f"NameID format {sent} is not the policy's {wanted}")
             subject = name_id.text.strip() if name_id is not None and name_id.text else ""
         else:
             subject = (attributes.get(mapping.subject) or [""])[0]
@@ -252,7 +254,9 @@ class SamlConnector:
         for field, source in mapping.fields().items():
             values = attributes.get(source)
             if values:
-                normalised[field] = list(values) if field == "groups" else values[0]
+                # Groups and the policy's own attributes keep every value (a rule matches any);
+                # mapped_attributes keeps the first of a profile claim.
+                normalised[field] = list(values) if field == "groups" or len(values) > 1 else values[0]
         class_ref, auth_time = None, None
         for statement in assertion.authn_statement or ():
             context = statement.authn_context
