@@ -21,6 +21,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import requests
 from authlib.common.encoding import urlsafe_b64encode
@@ -390,6 +391,28 @@ def _check_basic_credentials(credentials: str) -> None:
         decoded = ""
     if ":" not in decoded:
         raise InvalidClientError(status_code=401, description="The Basic credentials cannot be read.")
+
+
+def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
+    """The client a request says it is, before (or without) proving it: the form's
+    ``client_id``, else the Basic credentials' user, else a client assertion's ``sub``. For
+    the trail of a refusal only: whose secret or key was being tried."""
+    if form.get("client_id"):
+        return form["client_id"]
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
+        except ValueError:
+            return None
+        return unquote_plus(user) or None  # RFC 6749 §2.3.1: form-encoded, then Basic
+    if form.get("client_assertion"):
+        try:
+            sub = _jws_claims(form["client_assertion"]).get("sub")
+        except InvalidClientError:
+            return None
+        return sub if isinstance(sub, str) and sub else None
+    return None
 
 
 def _jws_header(token: str) -> dict[str, Any]:

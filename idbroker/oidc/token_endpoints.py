@@ -30,7 +30,7 @@ from authlib.oauth2 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
-from idbroker.oidc.provider import GRANT_TYPES, refusal_recorded, sent_value_detail
+from idbroker.oidc.provider import GRANT_TYPES, claimed_client_id, refusal_recorded, sent_value_detail
 from idbroker.store import StoreUnavailable
 
 log = logging.getLogger("idbroker")
@@ -172,7 +172,7 @@ class TokenEndpoints:
         try:
             request = FormRequest(_request_uri(environ), _headers(environ), payload)
         except OAuth2Error as error:  # insecure_transport: http to a host that is not local
-            self._record_refusal(error.error or "invalid_request", endpoint, None, payload)
+            self._record_refusal(error.error or "invalid_request", endpoint, None, payload, environ)
             return error()
         refused = _refuse_repeated(payload)
         if endpoint == "token":
@@ -182,19 +182,20 @@ class TokenEndpoints:
         if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
             error = answer.get("error") if isinstance(answer, dict) else None
             self._record_refusal(error if isinstance(error, str) else "invalid_request", endpoint,
-                                 request.authenticated_client, payload)
+                                 request.authenticated_client, payload, environ)
         return status, answer, headers
 
-    def _record_refusal(self, reason: str, endpoint: str, client: Any, payload: FormPayload) -> None:
+    def _record_refusal(self, reason: str, endpoint: str, client: Any, payload: FormPayload,
+                        environ: dict[str, Any]) -> None:
         """The refusal, under the client only once it authenticated: a ``client_id`` that anyone
-        can type (in the form, or as a forged assertion's ``sub``) is kept as
+        can type (in the form, as the Basic user, or as a forged assertion's ``sub``) is kept as
         ``claimed_client_id`` (by its hash if the policy has no such client), so no caller can
         fill another client's trail (``audit export --client``) with refusals. At ``/introspect``
         and ``/revoke`` too: credentials guessed there leave the same trace as at ``/token``.
         ``client``: the one that authenticated, if any."""
         detail = sent_value_detail("grant_type", payload.data.get("grant_type"), GRANT_TYPES) \
             if endpoint == "token" else {"endpoint": endpoint}
-        claimed = payload.data.get("client_id")
+        claimed = claimed_client_id(payload.data, environ.get("HTTP_AUTHORIZATION"))
         if client is None and claimed:
             detail |= sent_value_detail("claimed_client_id", claimed, self.provider.policy.clients)
         self.provider.record_refusal(reason, None if client is None else client.client_id, detail=detail)

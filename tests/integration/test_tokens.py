@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 from joserfc import jws, jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet
 from requests.cookies import extract_cookies_to_jar
 
 from idbroker.app import create_app
@@ -835,6 +836,31 @@ def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_clien
         assert [(e.get("client"), e["detail"].get("claimed_client_id"), e["detail"].get("endpoint"))
                 for e in _refusals_of(chain, request_id)] == [
             (None, ROLES_CLIENT, {"introspect": "introspection", "revoke": "revocation"}.get(endpoint))]
+
+
+@pytest.mark.parametrize("endpoint", ["token", "introspect", "revoke"])
+@pytest.mark.parametrize("credentials", ["basic", "assertion"])
+def test_a_refused_secret_or_key_names_the_client_it_was_tried_for(
+        chain: Chain, endpoint: str, credentials: str) -> None:
+    """Without a form client_id the refusal said nothing of whose secret (Basic user) or key
+    (a forged assertion's sub) was being tried; kept as claimed_client_id, never as client."""
+    form = {"token": "x", "grant_type": "refresh_token", "refresh_token": "x"}
+    request_id = f"req-tried-client-{endpoint}-{credentials}"
+    if credentials == "basic":
+        reply = requests.post(f"{chain.base}/{endpoint}", data=form, auth=(ROLES_CLIENT, "a-guess"),
+                              timeout=5, headers={"X-Request-ID": request_id})
+    else:
+        forged = jwt.encode({"alg": "ES256", "kid": chain.rp_key.kid},
+                            {"iss": chain.rp_id, "sub": chain.rp_id, "aud": f"{chain.base}/token",
+                             "jti": secrets.token_urlsafe(16), "exp": int(time.time()) + 60},
+                            ECKey.generate_key("P-256", private=True))
+        reply = requests.post(f"{chain.base}/{endpoint}", timeout=5, headers={"X-Request-ID": request_id},
+                              data={**form, "client_assertion": forged, "client_assertion_type":
+                                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+    assert reply.json()["error"] == "invalid_client"
+    named = ROLES_CLIENT if credentials == "basic" else chain.rp_id
+    refused = _refusals_of(chain, request_id)
+    assert [(e.get("client"), e["detail"].get("claimed_client_id")) for e in refused] == [(None, named)]
 
 
 @pytest.mark.parametrize(("endpoint", "name"), [
