@@ -131,3 +131,30 @@ class RateLimiter:
         if ip:
             keys.append(("ip", client_key(ip)))
         return keys
+
+
+class AddressThrottle:
+    """Failures of one kind counted per client address only (``purpose``), with a lockout,
+    for endpoints asked on every call (the token endpoints): that an address is not locked
+    out is remembered in this process for a second, so a request that succeeds costs no
+    store read; a lockout another instance starts counts here within that second."""
+
+    def __init__(self, store: Store, limits: Limits, *, purpose: str) -> None:
+        self.limiter = RateLimiter(store, limits, purpose=purpose)
+        self._clear_until: dict[str, float] = {}
+
+    def check(self, ip: str | None) -> Verdict:
+        if not ip or self._clear_until.get(ip, 0.0) > time.monotonic():
+            return ALLOWED
+        verdict = self.limiter.check(None, ip)
+        if verdict.allowed:
+            if len(self._clear_until) >= 4096:
+                self._clear_until.clear()
+            self._clear_until[ip] = time.monotonic() + 1.0
+        return verdict
+
+    def failure(self, ip: str | None) -> Verdict:
+        if not ip:
+            return ALLOWED
+        self._clear_until.pop(ip, None)
+        return self.limiter.failure(None, ip)

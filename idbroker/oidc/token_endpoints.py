@@ -31,6 +31,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Payload
 
 from idbroker.audit import AuditUnavailable
 from idbroker.oidc.provider import GRANT_TYPES, claimed_client_id, refusal_recorded, sent_value_detail
+from idbroker.ratelimit import AddressThrottle, Limits
 from idbroker.store import StoreUnavailable
 
 log = logging.getLogger("idbroker")
@@ -39,6 +40,10 @@ log = logging.getLogger("idbroker")
 PATHS = {"/token": "token", "/introspect": "introspection", "/revoke": "revocation"}
 #: Token requests are small; a private_key_jwt assertion or a subject token is a few KiB.
 MAX_BODY = 64 * 1024
+#: Failed client authentications (``invalid_client``) from one address (IPv6: a /64) before
+#: it must wait a quarter of an hour: far above what a misconfigured client behind a shared
+#: gateway does, far below what guessing a secret needs.
+CLIENT_AUTH_LIMITS = Limits(per_ip=100, window=900, lockout=900)
 _FORM = "application/x-www-form-urlencoded"
 #: A parameter name that may be quoted back in an error_description (RFC 6749 §5.2 charset).
 _PARAMETER_NAME = re.compile(r"[a-z_]{1,64}")
@@ -132,6 +137,7 @@ class TokenEndpoints:
         self.app = app
         self.provider = server.provider
         self._security = security_headers
+        self.throttle = AddressThrottle(self.provider.store, CLIENT_AUTH_LIMITS, purpose="client")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         endpoint = PATHS.get(environ.get("PATH_INFO", ""))
@@ -174,15 +180,23 @@ class TokenEndpoints:
         except OAuth2Error as error:  # insecure_transport: http to a host that is not local
             self._record_refusal(error.error or "invalid_request", endpoint, None, payload, environ)
             return error()
+        address = environ.get("REMOTE_ADDR")
+        locked = self.throttle.check(address)
+        if not locked.allowed:
+            return 429, {"error": "invalid_client", "error_description": "Too many failed client "
+                         "authentications from this address; try again later."}, \
+                [("Retry-After", str(locked.retry_after))]
         refused = _refuse_repeated(payload)
         if endpoint == "token":
             status, answer, headers = refused or self.server.create_token_response(request)
         else:
             status, answer, headers = refused or self.server.create_endpoint_response(endpoint, request)
+        error = answer.get("error") if isinstance(answer, dict) else None
         if status in (400, 401) and not refusal_recorded.get():  # one record per refusal
-            error = answer.get("error") if isinstance(answer, dict) else None
             self._record_refusal(error if isinstance(error, str) else "invalid_request", endpoint,
                                  request.authenticated_client, payload, environ)
+        if error == "invalid_client" and self.throttle.failure(address).newly_locked:
+            self.provider.record_refusal("locked_out", None, detail={"scope": "ip", "endpoint": endpoint})
         return status, answer, headers
 
     def _record_refusal(self, reason: str, endpoint: str, client: Any, payload: FormPayload,

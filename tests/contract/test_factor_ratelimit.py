@@ -107,3 +107,15 @@ def test_a_persons_attempts_take_turns(store: Store) -> None:
         raise RuntimeError("the attempt failed")
     with limiter.one_at_a_time("p-1") as after_an_error:
         assert after_an_error
+
+
+def test_an_address_throttle_locks_out_and_remembers_only_that_an_address_is_clear(store: Store) -> None:
+    from idbroker.ratelimit import AddressThrottle
+
+    throttle = AddressThrottle(store, Limits(per_ip=3), purpose="client")
+    assert throttle.check("192.0.2.7").allowed  # read once, then remembered for a second
+    assert [throttle.failure("192.0.2.7").newly_locked for _ in range(3)] == [False, False, True]
+    assert not throttle.check("192.0.2.7").allowed  # a failure forgets what was remembered
+    assert throttle.check("192.0.2.8").allowed
+    other_instance = AddressThrottle(store, Limits(per_ip=3), purpose="client")
+    assert not other_instance.check("192.0.2.7").allowed

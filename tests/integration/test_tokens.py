@@ -1094,3 +1094,27 @@ def test_pages_and_token_endpoints_carry_the_same_security_headers(tmp_path: Pat
     names = ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options", "Strict-Transport-Security")
     assert [page.headers.get(name) for name in names] == [token.headers.get(name) for name in names]
     assert ("Strict-Transport-Security" in token.headers) == (cookie_secure == "always")
+
+
+def test_guessing_client_secrets_from_one_address_is_slowed(tmp_path: Path) -> None:
+    """Secrets at /token, /introspect and /revoke could be tried without end: after 100
+    failures from one address in 15 minutes it waits (429 with Retry-After), whatever it
+    sends, a right secret too; the lockout is audited once. Its own chain: the tests all
+    come from 127.0.0.1."""
+    from idbroker.oidc.token_endpoints import CLIENT_AUTH_LIMITS
+
+    with running_chain(tmp_path) as chain:
+        before = chain.broker.audit.head().seq
+        for n in range(CLIENT_AUTH_LIMITS.per_ip):
+            endpoint = ("token", "introspect", "revoke")[n % 3]
+            reply = requests.post(f"{chain.base}/{endpoint}", auth=(chain.basic_id, f"guess-{n}"), timeout=5,
+                                  data={"token": "x", "grant_type": "refresh_token", "refresh_token": "x"})
+            assert reply.status_code == 401, (n, reply.status_code)
+        right = requests.post(f"{chain.base}/introspect", data={"token": "x"},
+                              auth=(chain.basic_id, BASIC_SECRET), timeout=5)
+        answer = _assert_json_answer(right, 429, "invalid_client")
+        assert "try again later" in answer["error_description"]
+        assert 0 < int(right.headers["Retry-After"]) <= CLIENT_AUTH_LIMITS.lockout
+        locked = [r.event for r in records(chain.broker.audit)
+                  if r.seq > before and r.event.get("reason") == "locked_out"]
+        assert [e["detail"]["scope"] for e in locked] == ["ip"]
