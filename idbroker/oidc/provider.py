@@ -394,25 +394,26 @@ def _check_basic_credentials(credentials: str) -> None:
 
 
 def claimed_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
-    """The client a request says it is, before (or without) proving it: the form's
-    ``client_id``, else the Basic credentials' user, else a client assertion's ``sub``. For
-    the trail of a refusal only: whose secret or key was being tried."""
-    if form.get("client_id"):
-        return form["client_id"]
+    """The client whose credentials a request presents, before (or without) proving them:
+    the Basic credentials' user, else a client assertion's ``sub`` (what authlib checks the
+    secret or the keys of), else the form's ``client_id``. For the trail of a refusal only:
+    whose secret or key was being tried, not whichever client the form names beside it."""
     scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() == "basic":
         try:
             user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
         except ValueError:
-            return None
-        return unquote_plus(user) or None  # RFC 6749 §2.3.1: form-encoded, then Basic
+            user = ""
+        if user:
+            return unquote_plus(user)  # RFC 6749 §2.3.1: form-encoded, then Basic
     if form.get("client_assertion"):
         try:
             sub = _jws_claims(form["client_assertion"]).get("sub")
         except InvalidClientError:
-            return None
-        return sub if isinstance(sub, str) and sub else None
-    return None
+            sub = None
+        if isinstance(sub, str) and sub:
+            return sub
+    return form.get("client_id") or None
 
 
 def _jws_header(token: str) -> dict[str, Any]:

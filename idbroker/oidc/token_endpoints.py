@@ -212,6 +212,9 @@ class TokenEndpoints:
         claimed = claimed_client_id(payload.data, environ.get("HTTP_AUTHORIZATION"))
         if client is None and claimed:
             detail |= sent_value_detail("claimed_client_id", claimed, self.provider.policy.clients)
+            named = payload.data.get("client_id")
+            if named and named != claimed:  # the form names another client than the credentials
+                detail |= sent_value_detail("form_client_id", named, self.provider.policy.clients)
         self.provider.record_refusal(reason, None if client is None else client.client_id, detail=detail)
 
     def _json(self, start_response: StartResponse, status: int, body: Any,

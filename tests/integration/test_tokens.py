@@ -823,19 +823,23 @@ def test_client_id_beside_basic_credentials_is_no_second_method(chain: Chain) ->
 @pytest.mark.parametrize("endpoint", ["token", "introspect", "revoke"])
 def test_a_client_id_naming_another_client_than_the_credentials_is_invalid_client(
         chain: Chain, endpoint: str) -> None:
-    """A refusal is audited under the form's ``client_id``: it may not name someone else."""
+    """A refusal is audited under no client: the form's ``client_id`` may not name someone
+    else. The trail names the client whose credentials were presented (claimed_client_id)
+    and, where it differs, the one the form named (form_client_id)."""
     form = {"token": "x", "grant_type": "refresh_token", "refresh_token": "x", "client_id": ROLES_CLIENT}
-    for n, auth in enumerate(({"auth": (chain.basic_id, BASIC_SECRET)}, {"data": _auth(chain, chain.rp_id)},
-                              {"auth": (ROLES_CLIENT, "not-its-secret")})):
+    for n, (auth, presented) in enumerate((({"auth": (chain.basic_id, BASIC_SECRET)}, chain.basic_id),
+                                           ({"data": _auth(chain, chain.rp_id)}, chain.rp_id),
+                                           ({"auth": (ROLES_CLIENT, "not-its-secret")}, ROLES_CLIENT))):
         data = {**form, **auth.get("data", {}), "client_id": ROLES_CLIENT}
         request_id = f"req-claimed-client-{endpoint}-{n}"
         reply = requests.post(f"{chain.base}/{endpoint}", data=data, auth=auth.get("auth"), timeout=5,
                               headers={"X-Request-ID": request_id})
         _assert_json_answer(reply, 401, "invalid_client")
         # Recorded at every endpoint, but not under the client it names: it never authenticated as that.
-        assert [(e.get("client"), e["detail"].get("claimed_client_id"), e["detail"].get("endpoint"))
-                for e in _refusals_of(chain, request_id)] == [
-            (None, ROLES_CLIENT, {"introspect": "introspection", "revoke": "revocation"}.get(endpoint))]
+        assert [(e.get("client"), e["detail"].get("claimed_client_id"), e["detail"].get("form_client_id"),
+                 e["detail"].get("endpoint")) for e in _refusals_of(chain, request_id)] == [
+            (None, presented, None if presented == ROLES_CLIENT else ROLES_CLIENT,
+             {"introspect": "introspection", "revoke": "revocation"}.get(endpoint))]
 
 
 @pytest.mark.parametrize("endpoint", ["token", "introspect", "revoke"])
