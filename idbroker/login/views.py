@@ -222,6 +222,11 @@ def _complete_upstream(txn: LoginTransaction, organisation: Organisation,
                           organisation=organisation.name, locale_hint=txn.params.get("ui_locales"))
 
 
+#: 2000-01-01T00:00Z: an upstream login dated before it is no login time (and a 300-digit
+#: auth_time would overflow the clients that read the broker's ID token).
+_EARLIEST_LOGIN = 946_684_800
+
+
 def _check_login_time(identity: UpstreamIdentity, txn: LoginTransaction, *, skew: int) -> None:
     """The IdP's login time, as far as the client asked about it. With ``prompt=login`` or
     ``max_age`` the IdP was asked for a fresh login (OIDC Core §3.1.2.1: the OP MUST then
@@ -233,6 +238,8 @@ def _check_login_time(identity: UpstreamIdentity, txn: LoginTransaction, *, skew
     known = is_numeric_date(auth_time)
     if known and auth_time > now + skew:
         raise UpstreamError("invalid", "the IdP's login is dated in the future")
+    if known and auth_time < _EARLIEST_LOGIN:  # 0, or 300 digits below zero: no login time at all
+        raise UpstreamError("invalid", "the IdP's login is dated before 2000")
     wanted, forced = max_age(txn.params), "login" in txn.params.get("prompt", "").split()
     if wanted is None and not forced:
         return

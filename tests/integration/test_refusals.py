@@ -433,7 +433,9 @@ def test_max_age_is_asked_of_the_idp_and_an_older_login_refused(chain: Chain,
     ({"prompt": "login"}, -86400),  # prompt=login answered with yesterday's login
     ({"max_age": "60"}, 86400),  # a login dated tomorrow passed every max_age
     ({}, 86400),  # ... and proves nothing without one either (like a future iat)
-], ids=["prompt_login_old", "max_age_future", "future"])
+    ({}, -int(time.time())),  # 0: no login time at all, copied into the ID token
+    ({}, -10**20),  # 300 digits below zero would overflow the clients' parsers
+], ids=["prompt_login_old", "max_age_future", "future", "zero", "far_before_1970"])
 def test_an_upstream_login_time_the_request_cannot_take_is_refused(
         chain: Chain, monkeypatch: pytest.MonkeyPatch, params: dict[str, str], offset: int) -> None:
     from idbroker.demo import idp as demo_idp
