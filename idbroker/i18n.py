@@ -54,6 +54,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "err_method": "Deze pagina kan zo niet worden opgevraagd.",
         "err_internal": "Er ging iets mis bij idbroker. Probeer het opnieuw.",
         "err_csrf": "Het formulier is verlopen. Laad de pagina opnieuw en probeer het nog eens.",
+        "err_attempt_busy": "Uw vorige poging wordt nog gecontroleerd. Ga terug en probeer het over "
+                            "een paar seconden opnieuw.",
         "logout_title": "Uitloggen",
         "logout_confirm": "Wilt u uitloggen bij idbroker? U wordt dan uitgelogd voor alle "
                           "ketenapplicaties in deze browser.",
@@ -223,6 +225,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "err_method": "This page cannot be requested this way.",
         "err_internal": "Something went wrong in idbroker. Please try again.",
         "err_csrf": "The form has expired. Reload the page and try again.",
+        "err_attempt_busy": "Your previous attempt is still being checked. Go back and try again in "
+                            "a few seconds.",
         "logout_title": "Sign out",
         "logout_confirm": "Do you want to sign out of idbroker? You will be signed out of all "
                           "chain applications in this browser.",

@@ -164,7 +164,9 @@ def _form_attempt(ctx: _Context, purpose: str, what: str, attempt: Callable[[], 
     with factor_services().limiter.one_at_a_time(ctx.person) as turn:
         if not turn:  # another of their codes is being checked: counted first, then this one
             log.info("factor attempt refused: another attempt of person=%s is being checked", ctx.person)
-            return _lockout(ctx, Verdict(False, "person", 1))
+            busy = error_page("err_attempt_busy", status=429, locale_hint=ctx.hint)
+            busy.headers["Retry-After"] = "1"
+            return busy
         locked = _check_limit(ctx)
         if locked is not None:
             return locked

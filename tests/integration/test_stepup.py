@@ -601,3 +601,21 @@ def test_parallel_code_guesses_are_checked_one_at_a_time(chain: Chain) -> None:
                and r.event["type"] == "stepup.completed" and r.event.get("outcome") == "failure"]
     assert 1 <= len(checked) <= 5, len(checked)
     assert set(statuses) <= {400, 429}  # refused, busy or locked out: never a 500
+
+
+def test_a_code_sent_while_another_is_checked_is_told_so_not_locked_out(chain: Chain) -> None:
+    """A double click: the second submit finds the first holding the person's turn. It used
+    to get the lockout page ('too many failed attempts') though nothing had failed."""
+    browser, step, app = _totp_page(chain, 69)
+    action, hidden = Browser.forms(step.url, step.body)["totp"]
+    person = chain.person_of(browser)
+    assert chain.broker.store.add("rl-factor-turn", person, {"at": time.time()}, 10)  # the first, still busy
+    try:
+        busy = browser.http.post(action, data={**hidden, "code": app.code()}, allow_redirects=False,
+                                 timeout=10)
+    finally:
+        chain.broker.store.delete("rl-factor-turn", person)
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
+    assert "wordt nog gecontroleerd" in busy.text and "mislukte pogingen" not in busy.text
+    done = browser.http.post(action, data={**hidden, "code": app.code()}, allow_redirects=False, timeout=10)
+    assert done.status_code == 303  # the same code, once the turn is free: nothing was counted
