@@ -182,7 +182,8 @@ class TokenEndpoints:
             return error()
         address = environ.get("REMOTE_ADDR")
         locked = self.throttle.check(address)
-        if not locked.allowed:
+        if not locked.allowed:  # refused unread, and recorded like every refusal (whose credentials)
+            self._record_refusal("address_locked_out", endpoint, None, payload, environ)
             return 429, {"error": "invalid_client", "error_description": "Too many failed client "
                          "authentications from this address; try again later."}, \
                 [("Retry-After", str(locked.retry_after))]

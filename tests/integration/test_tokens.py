@@ -1119,6 +1119,9 @@ def test_guessing_client_secrets_from_one_address_is_slowed(tmp_path: Path) -> N
         answer = _assert_json_answer(right, 429, "invalid_client")
         assert "try again later" in answer["error_description"]
         assert 0 < int(right.headers["Retry-After"]) <= CLIENT_AUTH_LIMITS.lockout
-        locked = [r.event for r in records(chain.broker.audit)
-                  if r.seq > before and r.event.get("reason") == "locked_out"]
-        assert [e["detail"]["scope"] for e in locked] == ["ip"]
+        refused = [r.event for r in records(chain.broker.audit)
+                   if r.seq > before and r.event["type"] == "refusal"]
+        assert [e["detail"]["scope"] for e in refused if e["reason"] == "locked_out"] == ["ip"]  # once
+        # ... and each request refused during it is recorded, naming whose credentials it sent
+        assert [(e["reason"], e["detail"].get("claimed_client_id")) for e in refused][-1] == (
+            "address_locked_out", chain.basic_id)
