@@ -481,6 +481,10 @@ class OpenIDConnect(OpenIDCode):
                             self.validate_openid_authorization_request)
 
 
+#: Codes redeemed once: what a second use must end (see ``CodeGrant._reused``).
+_USED_CODE = "code-used"
+
+
 class CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
@@ -536,9 +540,31 @@ class CodeGrant(AuthorizationCodeGrant):
                     raise _oauth_error(error) from None
         # ``take`` makes the code single-use even under concurrent redemption.
         data = store.take("code", key)
-        if data is None or data["client_id"] != client.client_id:
+        if data is None:
+            self._reused(key, client)
             return None
+        if data["client_id"] != client.client_id:
+            return None
+        # Remembered for as long as it could be tried again and what it opens still lives.
+        tokens = self.server.provider.settings.tokens
+        user = data["user"]
+        store.put(_USED_CODE, key, {"sid": user.get("sid"), "until": user.get("session_ends_at")},
+                  tokens.code_lifetime + tokens.access_token_lifetime)
         return AuthorizationCode(data)
+
+    def _reused(self, key: str, client: Client) -> None:
+        """RFC 6749 §4.1.2: a code used more than once is refused, and what was issued on it
+        SHOULD be revoked: it leaked, and who redeemed it first is unknown. Everything of its
+        SSO session ends (as at logout), which covers the first use's access token and
+        refresh family; recorded under the client that presented it again."""
+        used = self.server.provider.store.get(_USED_CODE, key)
+        if used is None or not used.get("sid"):
+            return  # an unknown or expired code: nothing to end
+        provider: Provider = self.server.provider
+        until = used.get("until") or time.time() + provider.settings.session.absolute_timeout
+        provider.revocations.revoke_session(used["sid"], until)
+        provider.record_refusal("authorization_code_reuse", client.client_id,
+                                detail={"grant_type": "authorization_code", "sid": used["sid"]})
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Already gone: ``query_authorization_code`` took it."""

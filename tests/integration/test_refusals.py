@@ -113,6 +113,25 @@ def test_code_of_another_client_is_refused_and_burnt(chain: Chain) -> None:
     assert chain.redeem(query["code"][0], req["verifier"]).json()["error"] == "invalid_grant"
 
 
+def test_a_code_used_twice_ends_what_its_first_use_gave(chain: Chain) -> None:
+    """RFC 6749 §4.1.2: a second use is refused, and what the first gave SHOULD be revoked:
+    the code leaked, and who redeemed it first is unknown. The access token and refresh
+    family of the first use stayed live; now the login's session ends, recorded."""
+    from tests.integration.test_tokens import _post, _refresh
+
+    query, req, _ = chain.login(scope="openid profile offline_access")
+    first = chain.redeem(query["code"][0], req["verifier"])
+    assert first.status_code == 200
+    before = chain.broker.audit.head().seq
+    replay = chain.redeem(query["code"][0], req["verifier"])
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    introspected = _post(chain, "introspect", chain.rp_id, token=first.json()["access_token"])
+    assert introspected.json() == {"active": False}
+    assert _refresh(chain, chain.rp_id, first.json()["refresh_token"]).json()["error"] == "invalid_grant"
+    reused = [r.event for r in records(chain.broker.audit) if r.seq > before and r.event["type"] == "refusal"]
+    assert (reused[0]["reason"], reused[0].get("client")) == ("authorization_code_reuse", chain.rp_id)
+
+
 def test_redirect_uri_must_match_at_the_token_endpoint(chain: Chain) -> None:
     query, req, _ = chain.login()
     reply = chain.redeem(query["code"][0], req["verifier"], redirect_uri=chain.rp_redirect + "x")
