@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from idbroker.audit.chain import AuditRecord, ChainHead, MalformedRecord, now_ms, parse_record, seal
 from idbroker.audit.events import AuditEvent
+from idbroker.store import SQLITE_PREFIX, check_store_url
 
 if TYPE_CHECKING:
     from idbroker.audit.checkpoint import Checkpointer
@@ -127,24 +128,15 @@ def records(log: AuditLog, **filters: Any) -> Iterator[AuditRecord]:
             raise MalformedRecord(f"record at seq {entry.seq}: {exc} (run `idbroker audit verify`)") from None
 
 
-_SQLITE = "sqlite:///"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
-
-
 def open_audit_log(url: str, *, redis_wait_replicas: int = 0, redis_wait_timeout_ms: int = 100,
                    redis_prefix: str = "idbroker") -> AuditLog:
-    """The audit log ``url`` names (the forms of ``store.url``). Nothing connects yet."""
-    if url.startswith(_SQLITE):
+    """The audit log ``url`` names (the forms of ``store.url``, read by the store's one
+    parser, :func:`idbroker.store.check_store_url`). Nothing connects yet."""
+    if check_store_url(url).startswith(SQLITE_PREFIX):
         from idbroker.audit.sqlite_log import SqliteAuditLog
 
-        path = url.removeprefix(_SQLITE)
-        if not path:
-            raise ValueError("audit URL sqlite:/// needs a file path")
-        return SqliteAuditLog(path)
-    if url.startswith(_REDIS_SCHEMES):
-        from idbroker.audit.redis_log import RedisAuditLog
+        return SqliteAuditLog(url.removeprefix(SQLITE_PREFIX))
+    from idbroker.audit.redis_log import RedisAuditLog
 
-        return RedisAuditLog(url, prefix=redis_prefix, wait_replicas=redis_wait_replicas,
-                             wait_timeout_ms=redis_wait_timeout_ms)
-    scheme = url.partition("://")[0] if "://" in url else "(none)"
-    raise ValueError(f"unsupported audit URL scheme {scheme!r}: use sqlite:///path or redis://...")
+    return RedisAuditLog(url, prefix=redis_prefix, wait_replicas=redis_wait_replicas,
+                         wait_timeout_ms=redis_wait_timeout_ms)

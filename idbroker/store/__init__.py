@@ -5,9 +5,10 @@ from __future__ import annotations
 from idbroker.store.base import Spent, Store, StoreUnavailable, secret_key
 from idbroker.store.sqlite import SqliteStore
 
-__all__ = ["Spent", "Store", "StoreUnavailable", "check_store_url", "open_store", "secret_key"]
+__all__ = ["SQLITE_PREFIX", "Spent", "Store", "StoreUnavailable", "check_store_url", "open_store",
+           "secret_key"]
 
-_SQLITE = "sqlite:///"
+SQLITE_PREFIX = "sqlite:///"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 _ACCEPTED = (
     "sqlite:///relative/path.sqlite3, sqlite:////absolute/path.sqlite3, sqlite:///:memory:,"
@@ -19,9 +20,9 @@ _ACCEPTED = (
 def check_store_url(url: str) -> str:
     """``url`` if it names a store (or audit log) this broker can open, else ValueError; the
     settings check it at load, so a wrong one stops the start with its name."""
-    if url.startswith(_SQLITE):
-        if not url.removeprefix(_SQLITE):
-            raise ValueError(f"{_SQLITE} needs a file path; accepted forms: {_ACCEPTED}")
+    if url.startswith(SQLITE_PREFIX):
+        if not url.removeprefix(SQLITE_PREFIX):
+            raise ValueError(f"{SQLITE_PREFIX} needs a file path; accepted forms: {_ACCEPTED}")
         return url
     if url.startswith(_REDIS_SCHEMES):
         return url
@@ -32,8 +33,8 @@ def check_store_url(url: str) -> str:
 
 def open_store(url: str) -> Store:
     """The store ``url`` names. Nothing is connected yet: call ``ping()`` to check it."""
-    if check_store_url(url).startswith(_SQLITE):
-        return SqliteStore(url.removeprefix(_SQLITE))
+    if check_store_url(url).startswith(SQLITE_PREFIX):
+        return SqliteStore(url.removeprefix(SQLITE_PREFIX))
     # Imported here so that a SQLite deployment never loads redis-py.
     from idbroker.store.redis import RedisStore
 
