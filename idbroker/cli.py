@@ -76,10 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return audit_cli.run(settings, args)
         return serve_forever(settings, bind=args.bind, workers=args.workers)
-    except (ConfigError, PolicyError, KeyFileError) as error:
-        print(f"idbroker: {error}", file=sys.stderr)
-        return 2
-    except (StoreUnavailable, AuditUnavailable) as error:  # at the start: nothing is served
+    # A store or audit trail unreachable at the start: nothing is served.
+    except (ConfigError, PolicyError, KeyFileError, StoreUnavailable, AuditUnavailable) as error:
         print(f"idbroker: {error}", file=sys.stderr)
         return 2
 

@@ -87,15 +87,15 @@ class HttpSettings(_Section):
 
 class ServerSettings(_Section):
     bind: str = "127.0.0.1:8080"
+    workers: int = Field(2, ge=1, le=64, description="worker processes (granian)")
+    threads: int = Field(8, ge=1, le=256, description="threads per worker process")
+    access_log: bool = Field(True, description="one line per request on stdout (costs ~15% throughput)")
 
     @field_validator("bind")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
         parse_bind(value)
         return value
-    workers: int = Field(2, ge=1, le=64, description="worker processes (granian)")
-    threads: int = Field(8, ge=1, le=256, description="threads per worker process")
-    access_log: bool = Field(True, description="one line per request on stdout (costs ~15% throughput)")
 
 
 class AuditSettings(_Section):
@@ -103,17 +103,16 @@ class AuditSettings(_Section):
     ``*-audit.sqlite3`` file next to a SQLite store, or the store's own Redis."""
 
     url: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _known_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_store_url(value)
-
     retention_days: int = Field(1825, ge=1, description="events older than this are pruned")
     checkpoint_every: int = Field(1000, ge=1, description="a signed checkpoint every N events")
     checkpoint_seconds: int = Field(300, ge=1, description="... and at least this often")
     redis_wait_replicas: int = Field(0, ge=0, le=16, description="replicas that must confirm each event")
     redis_wait_timeout_ms: int = Field(100, ge=1, le=10000)
+
+    @field_validator("url")
+    @classmethod
+    def _known_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_store_url(value)
 
 
 def parse_bind(value: str) -> tuple[str, int]:

@@ -55,15 +55,14 @@ def _read_private(path: Path) -> dict[str, Any]:
     """A key file's JSON, only if nobody but its owner can read it and nobody else can
     replace it (as ssh refuses a private key other users can read)."""
     try:
-        if path.stat().st_mode & 0o077:
-            raise KeyFileError(f"{path} can be read by other users: chmod 600 {path}")
-        if path.parent.stat().st_mode & 0o022:
-            raise KeyFileError(f"{path.parent} can be written by other users: chmod 700 {path.parent}")
+        modes = path.stat().st_mode, path.parent.stat().st_mode
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        if isinstance(exc, KeyFileError):
-            raise
         raise KeyFileError(f"{path} cannot be read as this broker's key file ({exc})") from None
+    if modes[0] & 0o077:
+        raise KeyFileError(f"{path} can be read by other users: chmod 600 {path}")
+    if modes[1] & 0o022:
+        raise KeyFileError(f"{path.parent} can be written by other users: chmod 700 {path.parent}")
     if not isinstance(data, dict):
         raise KeyFileError(f"{path} is not this broker's key file (not a JSON object)")
     return data
@@ -307,14 +306,12 @@ class KeyRing:
             try:
                 jwk_data = record["jwk"]
                 alg = jwk_data.get("alg")
-                if alg not in SIGNING_ALGORITHMS:
-                    raise KeyFileError(f"{path}: key {jwk_data.get('kid')} has no supported 'alg'")
                 key = ECKey.import_key(jwk_data) if jwk_data["kty"] == "EC" else RSAKey.import_key(jwk_data)
                 loaded.append(SigningKey(key.kid, alg, record["created_at"], record.get("retired_at"), key))
             except (KeyError, TypeError, AttributeError, ValueError, JoseError) as exc:
-                if isinstance(exc, KeyFileError):
-                    raise
                 raise KeyFileError(f"{path}: a key record this broker cannot read ({exc!r})") from None
+            if alg not in SIGNING_ALGORITHMS:
+                raise KeyFileError(f"{path}: key {key.kid} has no supported 'alg'")
         public = {"keys": [k.key.as_dict(private=False) | {"alg": k.alg, "use": "sig"} for k in loaded]}
         self._keys, self._by_kid, self._public_jwks = loaded, {k.kid: k for k in loaded}, public
         self._mtime = mtime

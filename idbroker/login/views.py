@@ -15,7 +15,7 @@ from idbroker.oidc.flow import authorization_response, required_level
 from idbroker.policy import Organisation, Policy
 from idbroker.policy.idp import SamlIdp
 from idbroker.sessions import LoginTransaction
-from idbroker.stepup.service import max_age
+from idbroker.stepup.service import max_age, prompt_login
 from idbroker.subjects import person_id
 from idbroker.upstream.base import PROFILE_FIELDS, UpstreamError, UpstreamIdentity
 from idbroker.web import (
@@ -97,7 +97,7 @@ def _to_upstream(txn: LoginTransaction, organisation: Organisation) -> Response:
         hand_off = b.connector(organisation).begin(
             redirect_uri=b.upstream_callback_url(organisation.id), state=txn.id,
             login_hint=txn.params.get("login_hint"),
-            force_login="login" in txn.params.get("prompt", "").split(),
+            force_login=prompt_login(txn.params),
             wanted=required_level(txn.params), max_age=max_age(txn.params))
     except UpstreamError as error:
         log.warning("upstream %s failed at start: %s", organisation.id, error)
@@ -240,7 +240,7 @@ def _check_login_time(identity: UpstreamIdentity, txn: LoginTransaction, *, skew
         raise UpstreamError("invalid", "the IdP's login is dated in the future")
     if known and auth_time < _EARLIEST_LOGIN:  # 0, or 300 digits below zero: no login time at all
         raise UpstreamError("invalid", "the IdP's login is dated before 2000")
-    wanted, forced = max_age(txn.params), "login" in txn.params.get("prompt", "").split()
+    wanted, forced = max_age(txn.params), prompt_login(txn.params)
     if wanted is None and not forced:
         return
     if not known:
@@ -271,7 +271,7 @@ def _finish_login(txn: LoginTransaction, organisation: Organisation, identity: U
            "organisation": organisation.id, "client": txn.params.get("client_id")}
     detail: dict[str, Any] = {"mapping": level.reason}
     if said_amr != identity.amr:
-        detail["amr_ignored"] = "the policy trusts this IdP for nothing beyond low"  # its amr neither
+        detail["amr_ignored"] = "the policy trusts this IdP for nothing beyond low"
     audit(EventType.UPSTREAM_RESULT, durable=False, **who, upstream_acr=identity.upstream_acr,
           acr=level.level.acr, factors=said_amr, detail=detail)
     token, session = b.sessions.create(person, identity.to_dict(), min(upstream_time, now),

@@ -77,6 +77,11 @@ def max_age(params: dict[str, str]) -> int | None:
     return int(raw)
 
 
+def prompt_login(params: dict[str, str]) -> bool:
+    """``prompt=login``: the client wants the person to log in again, now."""
+    return "login" in params.get("prompt", "").split()
+
+
 def fresh_uses(session: SsoSession, params: dict[str, str], *, now: int,
                txn: LoginTransaction | None = None) -> list[FactorUse]:
     """The session's factor uses that count for this request.
@@ -85,8 +90,7 @@ def fresh_uses(session: SsoSession, params: dict[str, str], *, now: int,
     during this very transaction always counts, so ``max_age=0`` cannot loop.
     """
     uses = [FactorUse.from_dict(u) for u in session.factor_uses]
-    not_before = int(txn.created_at) if txn is not None and "login" in params.get("prompt", "").split() \
-        else None
+    not_before = int(txn.created_at) if txn is not None and prompt_login(params) else None
     kept = usable_factors(uses, now=now, max_age=max_age(params), not_before=not_before)
     if txn is not None:
         kept += [u for u in uses if u.at >= int(txn.created_at) and u not in kept]

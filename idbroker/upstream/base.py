@@ -95,12 +95,15 @@ def mapped_attributes(found: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def is_utf8(text: str) -> bool:
-    """False for a lone surrogate (JSON's "\\ud800"), which no store, trail or page can hold."""
-    if text.isascii():
+def is_text(value: Any) -> bool:
+    """A string UTF-8 can hold: not a lone surrogate (JSON's "\\ud800"), which no store,
+    trail or page can."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
         return True
     try:
-        text.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
@@ -108,7 +111,7 @@ def is_utf8(text: str) -> bool:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value if is_utf8(value) else None
+        return value if is_text(value) else None
     if isinstance(value, int) and -10**18 < value < 10**18:  # bool too (str(True), as before)
         return str(value)
     return None

@@ -32,7 +32,7 @@ from idbroker.upstream.base import (
     UpstreamError,
     UpstreamIdentity,
     UpstreamRedirect,
-    is_utf8,
+    is_text,
     mapped_attributes,
 )
 
@@ -129,7 +129,7 @@ class OidcConnector:
         # How the person logged in (acr, amr, auth_time) is read from the ID token only.
         profile = {**self._userinfo(metadata, token, claims), **claims}
         subject = profile.get(mapping.subject)
-        if not isinstance(subject, str) or not subject or not is_utf8(subject):
+        if not subject or not is_text(subject):
             raise UpstreamError("invalid", f"no subject claim {mapping.subject!r} in ID token or userinfo")
         return UpstreamIdentity(
             organisation=self.organisation.id,
@@ -229,13 +229,11 @@ class OidcConnector:
             (is_numeric_date(claims.get("iat")) and claims["iat"] > now + self._skew,
              "issued in the future"),
             (not hmac.compare_digest(str(claims.get("nonce", "")), nonce), "nonce mismatch"),
-            (not isinstance(claims.get("sub"), str) or not claims["sub"] or not is_utf8(claims["sub"]),
-             "no subject"),
+            (not claims.get("sub") or not is_text(claims["sub"]), "no subject"),
             # How the person logged in: read as the RFCs define them, or not at all. Text that
             # UTF-8 cannot hold (a lone surrogate) could be neither recorded nor stored.
-            (claims.get("acr") is not None
-             and not (isinstance(claims["acr"], str) and is_utf8(claims["acr"])), "acr is not a string"),
-            (amr is not None and not (_strings(amr) and all(len(value) <= _MAX_AMR and is_utf8(value)
+            (claims.get("acr") is not None and not is_text(claims["acr"]), "acr is not a string"),
+            (amr is not None and not (_strings(amr) and all(len(value) <= _MAX_AMR and is_text(value)
                                                              for value in amr)),
              "amr is not a list of short strings"),
             (claims.get("auth_time") is not None and not is_numeric_date(claims["auth_time"]),

@@ -240,10 +240,12 @@ class SamlConnector:
             # No Format is 'unspecified' (SAML Core 2.2.2), which leaves the kind to the IdP the
             # policy describes. A transient NameID changes every login; another named format
             # is another namespace of names.
-            sent = (name_id.format if name_id is not None else None) or saml_ns.NAMEID_FORMAT_UNSPECIFIED
+            unspecified = saml_ns.NAMEID_FORMAT_UNSPECIFIED
+            sent = (name_id.format if name_id is not None else None) or unspecified
             wanted = _NAMEID_FORMATS[self.idp.name_id_format]
-            if sent not in (wanted, saml_ns.NAMEID_FORMAT_UNSPECIFIED) and (
-                    wanted != saml_ns.NAMEID_FORMAT_UNSPECIFIED or sent == saml_ns.NAMEID_FORMAT_TRANSIENT):
+            taken = sent in (wanted, unspecified) or (wanted == unspecified
+                                                       and sent != saml_ns.NAMEID_FORMAT_TRANSIENT)
+            if not taken:
                 raise UpstreamError("invalid", f"NameID format {sent} is not the policy's {wanted}")
             subject = name_id.text.strip() if name_id is not None and name_id.text else ""
         else:
